@@ -1,0 +1,172 @@
+"""Documents: reading txt/md/pdf/jsonl/directories/stdin into text, and splitting text into pieces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".jsonl"}
+DEFAULT_MAX_BYTES = 50_000_000
+
+
+@dataclass(frozen=True)
+class Document:
+    """A named piece of text with its content hash."""
+
+    name: str
+    text: str
+    encoding: str = "utf-8"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "text") -> "Document":
+        return cls(name=name, text=_require_text(text, name))
+
+
+def read_documents(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    password: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[Document]:
+    """Read PATH ('-' for stdin, a file, or a directory of supported files) into documents."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(max_bytes + 1)
+        _check_size(len(data), max_bytes, "stdin")
+        return [_text_document("stdin", data)]
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        if not files:
+            raise InputError(f"{path}: directory holds no supported files ({', '.join(sorted(SUPPORTED_SUFFIXES))})")
+        return [doc for f in files for doc in read_documents(f, text_field=text_field, password=password, max_bytes=max_bytes)]
+    _check_size(path.stat().st_size, max_bytes, str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return [_pdf_document(path, password)]
+    if suffix == ".jsonl":
+        return _jsonl_documents(path, text_field)
+    return [_text_document(str(path), path.read_bytes())]
+
+
+def _check_size(size: int, max_bytes: int, name: str) -> None:
+    if size > max_bytes:
+        raise InputError(f"{name}: larger than --max-bytes {max_bytes}")
+
+
+def _text_document(name: str, data: bytes) -> Document:
+    text, encoding = decode_text(data, name)
+    return Document(name=name, text=_require_text(text, name), encoding=encoding)
+
+
+def decode_text(data: bytes, name: str) -> tuple[str, str]:
+    """Decode UTF-8 / UTF-16 (with BOM) / cp1252 text; reject binary data."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: invalid UTF-16 text") from None
+    if b"\x00" in data:
+        raise InputError(f"{name}: binary file, not text")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if _looks_binary(text):
+            raise InputError(f"{name}: binary file, not text")
+        return text, "utf-8" if encoding == "utf-8-sig" else encoding
+    raise InputError(f"{name}: not valid UTF-8, UTF-16 or cp1252 text")
+
+
+def _looks_binary(text: str) -> bool:
+    sample = text[:4096]
+    control = sum(1 for c in sample if ord(c) < 32 and c not in "\t\n\r\f")
+    return bool(sample) and control / len(sample) > 0.05
+
+
+def _require_text(text: str, name: str) -> str:
+    if not text.strip():
+        raise InputError(f"{name}: document is empty")
+    return text
+
+
+def _pdf_document(path: Path, password: str | None) -> Document:
+    import pymupdf
+
+    try:
+        pdf = pymupdf.open(path, filetype="pdf")
+    except Exception as e:  # pymupdf raises several types for damaged files
+        raise InputError(f"{path}: cannot read PDF ({str(e).strip() or type(e).__name__})") from None
+    with pdf:
+        if pdf.needs_pass:
+            if password is None:
+                raise InputError(f"{path}: PDF is encrypted; give --password")
+            if not pdf.authenticate(password):
+                raise InputError(f"{path}: wrong PDF password")
+        try:
+            text = "\n\n".join(page.get_text() for page in pdf)
+        except Exception as e:
+            raise InputError(f"{path}: cannot read PDF text ({e})") from None
+    if not text.strip():
+        raise InputError(f"{path}: PDF has no text layer (scanned images?); run OCR first")
+    return Document(name=str(path), text=text)
+
+
+def _jsonl_documents(path: Path, text_field: str) -> list[Document]:
+    docs = []
+    text, _ = decode_text(path.read_bytes(), str(path))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+        value = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise InputError(f"{path}:{number}: no string field {text_field!r} (set --text-field)")
+        name = f"{path}#{record.get('id', number)}"
+        docs.append(Document(name=name, text=_require_text(value, name)))
+    if not docs:
+        raise InputError(f"{path}: no documents")
+    return docs
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences (paragraphs first, then end punctuation followed by a capital)."""
+    sentences = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        paragraph = " ".join(paragraph.split())
+        sentences += [s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()]
+    return sentences
+
+
+def chunk_spans(n_tokens: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:
+    """[start, end) token windows of at most `size`, each overlapping the previous by `overlap`."""
+    if size <= 0 or not 0 <= overlap < size:
+        raise InputError(f"chunk size must be > 0 and 0 <= overlap < size (got {size}, {overlap})")
+    spans, start = [], 0
+    while start < n_tokens:
+        end = min(start + size, n_tokens)
+        spans.append((start, end))
+        if end == n_tokens:
+            break
+        start = end - overlap
+    return spans

@@ -1,0 +1,58 @@
+"""`clslm interactive`: ask repeatedly with the model loaded once."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from .documents import read_documents
+from .errors import ClslmError
+from .progress import learn_progress
+
+HELP = "Type a question, or :learn PATH, :reset, :info, :base QUESTION (deltas off), :quit"
+
+
+def run_repl(session, *, first_document: str | None, console: Console, errors: Console, max_new_tokens: int = 64, read=input) -> None:
+    if first_document:
+        _learn(session, first_document, console, errors)
+    console.print(HELP)
+    while True:
+        try:
+            line = read("clslm> ").strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line in (":quit", ":q", ":exit"):
+            break
+        try:
+            _handle(session, line, console, errors, max_new_tokens)
+        except ClslmError as e:
+            errors.print(f"[red]error:[/red] {e}")
+
+
+def _handle(session, line: str, console: Console, errors: Console, max_new_tokens: int) -> None:
+    command, _, argument = line.partition(" ")
+    if command == ":learn":
+        _learn(session, argument.strip(), console, errors)
+    elif command == ":reset":
+        session.reset()
+        console.print("forgot everything learned")
+    elif command == ":info":
+        info = session.info()
+        console.print(f"{info['strategy']['name']} on {info['model']['ref']}: {len(info['documents'])} document(s), {info['state_bytes'] / 1e6:.2f} MB")
+    elif command == ":base":
+        console.print(f"[bold]base:[/bold] {session.ask(argument, deltas=False, max_new_tokens=max_new_tokens).text}", highlight=False)
+    elif command.startswith(":"):
+        console.print(HELP)
+    else:
+        answer = session.ask(line, max_new_tokens=max_new_tokens)
+        console.print(answer.text, highlight=False)
+        errors.print(f"[dim]{answer.prompt_tokens} prompt tokens, {answer.seconds:.2f} s[/dim]")
+
+
+def _learn(session, path: str, console: Console, errors: Console) -> None:
+    documents = read_documents(path)
+    with learn_progress(errors) as (on_step, on_document):
+        reports = session.learn(documents, on_step=on_step, on_document=on_document)
+    for r in reports:
+        console.print(f"learned {r.name} ({r.tokens} tokens, {r.seconds:.1f} s)")

@@ -1,0 +1,276 @@
+"""A session: a directory holding one base-model reference, one strategy and what it learned."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__, registry
+from .atomic import write_atomic, write_json_atomic
+from .documents import Document
+from .errors import InputError, SessionBusy, SessionCorrupt, SessionMismatch, SessionNotFound, TrainingDiverged
+from .generation import Answer
+from .models import DEFAULT_MODEL, ModelSource, file_sha256, load_model, resolve_model
+from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
+
+FORMAT_VERSION = 1
+MANIFEST = "session.json"
+LOCK = ".lock"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Session:
+    """Open with Session.open / Session.create, use inside `with` (holds the lock), then learn/ask/reset."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", dtype: str = "auto", wait: float = 0):
+        self.path, self.manifest = Path(path), manifest
+        self.device, self.dtype, self.wait = device, dtype, wait
+        self._strategy: Strategy | None = None
+        self._lock = None
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, model: str = DEFAULT_MODEL, strategy: str = "ttt", options: dict[str, str] | None = None, **kw) -> "Session":
+        """A new, empty session (written to disk at the first save)."""
+        path = _check_path(path)
+        if (path / MANIFEST).exists():
+            raise SessionMismatch(f"{path}: a session already exists here")
+        config = parse_options(registry.get(strategy).Config, options or {})
+        source = resolve_model(model)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "clslm_version": __version__,
+            "created": _now(),
+            "model": {"ref": source.ref, "kind": source.kind, "fingerprint": source.fingerprint},
+            "strategy": {"name": strategy, "config": asdict(config)},
+            "state": {"tensors": None, "extra": None},
+            "documents": [],
+        }
+        return cls(path, manifest, **kw)
+
+    @classmethod
+    def open(cls, path: str | Path, **kw) -> "Session":
+        """An existing session; SessionNotFound / SessionCorrupt otherwise."""
+        path = _check_path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise SessionNotFound(f"{path}: no session here (run `clslm learn` first, or pass --session)")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SessionCorrupt(f"{manifest_path}: corrupt manifest ({e})") from None
+        return cls(path, upgrade(manifest, manifest_path), **kw)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, *, model: str | None = None, strategy: str | None = None, options: dict[str, str] | None = None, **kw) -> "Session":
+        """Open PATH if it holds a session (checking --model/--strategy agree), else create it."""
+        path = _check_path(path)
+        if not (path / MANIFEST).exists():
+            return cls.create(path, model=model or DEFAULT_MODEL, strategy=strategy or "ttt", options=options, **kw)
+        session = cls.open(path, **kw)
+        session.check_matches(model=model, strategy=strategy)
+        if options:
+            session.set_options(options)
+        return session
+
+    def check_matches(self, *, model: str | None = None, strategy: str | None = None) -> None:
+        if strategy and strategy != self.strategy_name:
+            raise SessionMismatch(f"{self.path}: session uses strategy {self.strategy_name!r}, not {strategy!r} (use another --session, or `clslm reset`)")
+        if model and model != self.model_ref:
+            raise SessionMismatch(f"{self.path}: session was made with model {self.model_ref!r}, not {model!r}")
+
+    def set_options(self, options: dict[str, str]) -> None:
+        cls = registry.get(self.strategy_name).Config
+        config = parse_options(cls, options, base=config_from_dict(cls, self.manifest["strategy"]["config"]))
+        self.manifest["strategy"]["config"] = asdict(config)
+        self._strategy = None
+
+    # ---- locking -------------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path / LOCK), timeout=self.wait)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise SessionBusy(f"{self.path}: session busy (another clslm process holds it; retry, or pass --wait SECONDS)") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def strategy_name(self) -> str:
+        return self.manifest["strategy"]["name"]
+
+    @property
+    def model_ref(self) -> str:
+        return self.manifest["model"]["ref"]
+
+    @property
+    def documents(self) -> list[dict[str, Any]]:
+        return self.manifest["documents"]
+
+    def state_bytes(self) -> int:
+        return sum(entry["bytes"] for entry in self.manifest["state"].values() if entry)
+
+    def info(self) -> dict[str, Any]:
+        info = {"session": str(self.path), **{k: self.manifest[k] for k in ("format_version", "clslm_version", "created", "model", "strategy")}}
+        info |= {"documents": self.documents, "state_bytes": self.state_bytes()}
+        if self._strategy is not None:
+            info["strategy"] = info["strategy"] | {"state": self._strategy.describe()}
+        return info
+
+    # ---- the strategy --------------------------------------------------------------------------
+    def strategy(self) -> Strategy:
+        """The strategy on the loaded base model, with the saved state applied (loaded once)."""
+        if self._strategy is None:
+            cls = registry.get(self.strategy_name)
+            source = self._model_source()
+            model, tokenizer = load_model(source, device=self.device, dtype=self.dtype)
+            config = config_from_dict(cls.Config, self.manifest["strategy"]["config"])
+            strategy = cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+            self._load_state(strategy)
+            self._strategy = strategy
+        return self._strategy
+
+    def _model_source(self) -> ModelSource:
+        source = resolve_model(self.model_ref)
+        if source.fingerprint != self.manifest["model"]["fingerprint"]:
+            raise SessionMismatch(f"{self.path}: model {self.model_ref!r} is not the one this session was made with (fingerprint changed)")
+        return source
+
+    def learn(self, documents: list[Document], on_step: StepCallback = noop, on_document=None) -> list[LearnReport]:
+        """Learn the documents in order, then save once: all or nothing."""
+        strategy = self.strategy()
+        reports = []
+        for doc in documents:
+            if on_document:
+                on_document(doc)
+            report = strategy.learn(doc, on_step)
+            reports.append(report)
+            entry = asdict(report) | {"learned_at": _now()}
+            self.documents.append(entry)
+        self.save()
+        return reports
+
+    def ask(self, question: str, *, deltas: bool = True, max_new_tokens: int = 64) -> Answer:
+        if not question.strip():
+            raise InputError("the question is empty")
+        strategy = self.strategy()
+        if deltas:
+            return strategy.answer(question, max_new_tokens=max_new_tokens)
+        with strategy.disabled():
+            return strategy.answer(question, max_new_tokens=max_new_tokens)
+
+    def reset(self) -> None:
+        """Forget everything learned; keep model and strategy settings."""
+        self.manifest["documents"] = []
+        self.manifest["state"] = {"tensors": None, "extra": None}
+        self._strategy = None
+        self._commit()
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write state files (content-named), then the manifest as the commit point, then prune."""
+        strategy = self.strategy()
+        tensors = strategy.state_dict()
+        _check_finite(tensors)
+        extra = strategy.extra_state()
+        self.manifest["state"] = {
+            "tensors": self._write_tensors(tensors) if tensors else None,
+            "extra": self._write_extra(extra) if extra else None,
+        }
+        self._commit()
+
+    def _commit(self) -> None:
+        self.manifest["updated"] = _now()
+        self.manifest["clslm_version"] = __version__
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+        self._prune()
+
+    def _write_tensors(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        from safetensors.torch import save
+
+        data = save(tensors, metadata={"strategy": self.strategy_name, "clslm_version": __version__})
+        return self._write_blob("deltas", ".safetensors", data)
+
+    def _write_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return self._write_blob("state", ".json", json.dumps(extra, sort_keys=True).encode("utf-8"))
+
+    def _write_blob(self, stem: str, suffix: str, data: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{stem}-{digest[:16]}{suffix}"
+        if not (self.path / name).is_file():
+            write_atomic(self.path / name, lambda tmp: tmp.write_bytes(data))
+        return {"file": name, "bytes": len(data), "sha256": digest}
+
+    def _read_blob(self, entry: dict[str, Any]) -> bytes:
+        path = self.path / entry["file"]
+        if Path(entry["file"]).name != entry["file"] or not path.is_file():
+            raise SessionCorrupt(f"{path}: state file missing")
+        data = path.read_bytes()
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
+        return data
+
+    def _load_state(self, strategy: Strategy) -> None:
+        from safetensors.torch import load
+
+        tensors_entry, extra_entry = self.manifest["state"]["tensors"], self.manifest["state"]["extra"]
+        if extra_entry:
+            strategy.load_extra_state(json.loads(self._read_blob(extra_entry)))
+        if tensors_entry:
+            try:
+                tensors = load(self._read_blob(tensors_entry))
+            except Exception as e:
+                raise SessionCorrupt(f"{self.path / tensors_entry['file']}: unreadable safetensors ({e})") from None
+            try:
+                strategy.load_state_dict(tensors)
+            except InputError as e:
+                raise SessionCorrupt(f"{self.path}: {e}") from None
+
+    def _prune(self) -> None:
+        keep = {entry["file"] for entry in self.manifest["state"].values() if entry}
+        for path in self.path.glob("*"):
+            if path.name.startswith(("deltas-", "state-")) and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def upgrade(manifest: Any, where: Path) -> dict[str, Any]:
+    """Check a manifest's shape and bring older format versions up to FORMAT_VERSION."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format_version"), int):
+        raise SessionCorrupt(f"{where}: corrupt manifest (no format_version)")
+    version = manifest["format_version"]
+    if version > FORMAT_VERSION:
+        raise SessionCorrupt(f"{where}: made by a newer clslm (format {version}); upgrade clslm")
+    for key in ("model", "strategy", "state", "documents"):
+        if key not in manifest:
+            raise SessionCorrupt(f"{where}: corrupt manifest (missing {key!r})")
+    return manifest
+
+
+def _check_path(path: str | Path) -> Path:
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise InputError("session path contains a NUL byte")
+    return Path(text)
+
+
+def _check_finite(tensors: dict[str, Any]) -> None:
+    import torch
+
+    for name, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingDiverged(f"learned state {name} is not finite; nothing was saved")

@@ -1,0 +1,193 @@
+"""The Strategy interface every learning method implements, and its small value types."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..documents import Document
+from ..errors import InputError
+from ..generation import Answer, generate
+
+
+@dataclass
+class StrategyConfig:
+    """Hyperparameters; saved in session.json; set from the CLI with -o KEY=VALUE."""
+
+    seed: int = 0
+
+    def check(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise InputError(f"{type(self).__qualname__.split('.')[0]}: {message}")
+
+
+@dataclass
+class Step:
+    """Progress of a long learn: step i of total, with the latest loss when there is one."""
+
+    i: int
+    total: int
+    loss: float | None = None
+    phase: str = "train"
+
+
+StepCallback = Callable[[Step], None]
+
+
+def noop(step: Step) -> None:
+    pass
+
+
+@dataclass
+class LearnReport:
+    """What one learn() did; its asdict() is the per-document --json output."""
+
+    name: str
+    sha256: str
+    tokens: int
+    loss_before: float | None
+    loss_after: float | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DeltaModule:
+    """Mixin for modules a strategy injects: when `enabled` is False they must act as the base module."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy may know besides model and tokenizer: the model's fingerprint (for caches)."""
+
+    model_fingerprint: str = ""
+
+
+class Strategy(ABC):
+    """Learn documents into a model; answer questions; switch what was learned off and on."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    prefix: ClassVar[str] = ""  # in the name of every injected parameter/buffer
+    paper: ClassVar[str | None] = None
+    summary: ClassVar[str] = ""
+
+    def __init__(self, model, tokenizer, config: StrategyConfig | None = None, context: StrategyContext | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config if config is not None else self.Config()
+        self.context = context or StrategyContext()
+        self.enabled = True
+        self.attach()
+
+    def attach(self) -> None:
+        """Inject DeltaModules into self.model (base weights stay frozen). Default: nothing."""
+
+    @abstractmethod
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        """Study one document, updating only this strategy's own state."""
+
+    def prompt_context(self, question: str) -> str:
+        """Text a strategy puts in the prompt above the question ('' for weight-based strategies)."""
+        return ""
+
+    def logits_processors(self, question: str) -> list:
+        """transformers LogitsProcessors applied while answering (none by default)."""
+        return []
+
+    def answer(self, question: str, *, max_new_tokens: int = 64) -> Answer:
+        on = self.enabled
+        return generate(
+            self.model,
+            self.tokenizer,
+            question,
+            context=self.prompt_context(question) if on else "",
+            max_new_tokens=max_new_tokens,
+            logits_processors=self.logits_processors(question) if on else [],
+            deltas=on,
+        )
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Within the block the model behaves exactly as the base model."""
+        modules = [m for m in self.model.modules() if isinstance(m, DeltaModule)]
+        saved = [(m, m.enabled) for m in modules]
+        was = self.enabled
+        self.enabled = False
+        for m in modules:
+            m.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = was
+            for m, state in saved:
+                m.enabled = state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned tensors (a filter on the prefix by default); saved as safetensors."""
+        if not self.prefix:
+            return {}
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if self.prefix in k}
+
+    def load_state_dict(self, tensors: dict[str, Any]) -> None:
+        expected = set(self.state_dict())
+        if set(tensors) != expected:
+            missing, unexpected = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
+            raise InputError(f"{self.name}: saved state does not fit the model (missing {missing}, unexpected {unexpected})")
+        self.model.load_state_dict(tensors, strict=False)
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-serialisable state (documents seen, playbooks, ...)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        """A few facts for `clslm info`."""
+        return {}
+
+
+def parse_options(config_cls: type[StrategyConfig], options: dict[str, str], base: StrategyConfig | None = None) -> StrategyConfig:
+    """Build a Config from -o KEY=VALUE strings, coerced to the field types; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, raw in options.items():
+        if key not in fields:
+            raise InputError(f"unknown option {key!r}; valid keys: {', '.join(sorted(fields))}")
+        values[key] = coerce(key, raw, hints[key])
+    return config_cls(**values)
+
+
+def coerce(key: str, raw: Any, hint: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+    try:
+        if choices:
+            if raw not in choices:
+                raise ValueError(f"choose from {', '.join(map(str, choices))}")
+            return raw
+        if hint is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("1", "true", "yes", "on")
+        if hint in (int, float, str):
+            return hint(raw)
+        if hint == (str | None):
+            return raw or None
+    except ValueError as e:
+        raise InputError(f"option {key}={raw!r}: {e}") from None
+    raise InputError(f"option {key}: cannot be set from the command line")
+
+
+def config_from_dict(config_cls: type[StrategyConfig], data: dict[str, Any]) -> StrategyConfig:
+    """Rebuild a Config saved in a manifest; keys from newer/older versions are dropped, defaults fill gaps."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in data.items() if k in names})

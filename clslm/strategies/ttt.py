@@ -1,0 +1,237 @@
+"""ttt — TTT-E2E with sparse-memory finetuning.
+
+The last quarter of the decoder layers get a Dual-MLP: the frozen MLP plus, per learned document, a
+trainable copy of a few of its neurons (rows of gate/up, columns of down), blended in by alpha:
+
+    y = mlp(x) + Σ_doc alpha_doc · (mlp'_doc(x) − mlp(x))        restricted to doc's neurons
+
+The copies start equal to the frozen neurons, so the model starts exactly as the base model and
+gradients flow through every copied weight. Which neurons a document may change is chosen by TF-IDF
+gating (gating.py): neurons the document uses much and general text little. Only the copies' deltas
+are saved: state grows with what was learned, never with the model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..documents import Document
+from ..errors import TrainingDiverged
+from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
+from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .gating import cached_idf, neuron_activations, select_neurons
+from .textbook import batches, build_examples, token_loss
+
+PREFIX = "ttt_"
+MAX_BAD_STEPS = 5
+
+
+@dataclass
+class TTTConfig(StrategyConfig):
+    """ttt hyperparameters (-o KEY=VALUE)."""
+
+    lr: float = 1e-3  # AdamW learning rate on the neuron deltas
+    epochs: int = 20  # passes over the training text
+    layers: float = 0.25  # fraction of decoder layers (the last ones) that get a Dual-MLP
+    neurons: int = 128  # neurons per layer a document may change (TF-IDF gating); 0 = all
+    fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
+    alpha: float = 1.0  # blend of the first document's trainable copy
+    alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
+    format: Literal["chat", "raw"] = "chat"  # training text: chat turns (reply = document piece) or raw text
+    max_tokens: int = 96  # longest document piece in one training example
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        self.check(self.lr > 0, "lr must be > 0")
+        self.check(self.epochs >= 1, "epochs must be >= 1")
+        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
+        self.check(self.neurons >= 0, "neurons must be >= 0")
+        self.check(0 < self.fire_fraction <= 1, "fire_fraction must be in (0, 1]")
+        self.check(0 < self.alpha <= 1 and 0 < self.alpha_decay <= 1, "alpha and alpha_decay must be in (0, 1]")
+        self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
+
+
+class NeuronPatch(nn.Module):
+    """Trainable deltas for `index` neurons of one gated MLP (one document's share)."""
+
+    def __init__(self, index: torch.Tensor, hidden: int, alpha: float, dtype: torch.dtype):
+        super().__init__()
+        k = index.numel()
+        self.register_buffer("index", index.clone())
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.gate = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
+        self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
+        self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
+        """mlp'(x) − mlp(x) over this patch's neurons, scaled by alpha."""
+        i = self.index
+        w_gate, w_up, w_down = mlp.gate_proj.weight[i], mlp.up_proj.weight[i], mlp.down_proj.weight[:, i]
+        old = mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)
+        new = mlp.act_fn(x @ (w_gate + self.gate).T) * (x @ (w_up + self.up).T)
+        return self.alpha * (new @ (w_down + self.down).T - old @ w_down.T)
+
+
+class DualMLP(nn.Module, DeltaModule):
+    """The frozen MLP plus the documents' neuron patches."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.mlp = mlp
+        self.ttt_patches = nn.ModuleList()
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(x)
+        if self.enabled:
+            for patch in self.ttt_patches:
+                y = y + patch(x, self.mlp)
+        return y
+
+
+class TTT(Strategy):
+    """Dual-MLP on the last layers, trained on the document; TF-IDF-gated sparse neuron deltas."""
+
+    name = "ttt"
+    Config = TTTConfig
+    prefix = PREFIX
+    paper = "2512.23675"
+    summary = "gradient descent on the document into sparse, TF-IDF-gated neuron copies of the last MLPs"
+
+    def attach(self) -> None:
+        self.layer_ids = last_layers(self.model, self.config.layers)
+        blocks = decoder_layers(self.model)
+        for i in self.layer_ids:
+            blocks[i].mlp = DualMLP(gated_mlp(blocks[i]))
+        self._idf: dict[int, torch.Tensor] | None = None
+
+    # ---- parts ---------------------------------------------------------------------------------
+    def dual_mlps(self) -> dict[int, DualMLP]:
+        blocks = decoder_layers(self.model)
+        return {i: blocks[i].mlp for i in self.layer_ids}
+
+    @property
+    def documents_learned(self) -> int:
+        return len(next(iter(self.dual_mlps().values())).ttt_patches)
+
+    def idf(self) -> dict[int, torch.Tensor]:
+        if self._idf is None:
+            with self.disabled():
+                self._idf = cached_idf(self.model, self.tokenizer, self.layer_ids, self.config.fire_fraction, self.context.model_fingerprint)
+        return self._idf
+
+    def _add_patches(self, document: Document) -> list[NeuronPatch]:
+        idf = self.idf()
+        with self.disabled():
+            acts = neuron_activations(self.model, self.tokenizer, [document.text], self.layer_ids, chat=False)
+        alpha = self.config.alpha * self.config.alpha_decay ** self.documents_learned
+        patches = []
+        for i, dual in self.dual_mlps().items():
+            index = select_neurons(acts[i], idf[i], self.config.neurons, self.config.fire_fraction)
+            weight = dual.mlp.down_proj.weight
+            patch = NeuronPatch(index.to(weight.device), weight.shape[0], alpha, weight.dtype).to(weight.device)
+            dual.ttt_patches.append(patch)
+            patches.append(patch)
+        return patches
+
+    # ---- learning ------------------------------------------------------------------------------
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        start_time = time.perf_counter()
+        torch.manual_seed(self.config.seed)
+        rng = random.Random(self.config.seed)
+        examples = build_examples(document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens)
+        data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
+        patches = self._add_patches(document)
+        params = [p for patch in patches for p in patch.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        start = self.layer_ids[0]
+        device = self.model.device
+        data = [{k: v.to(device) for k, v in b.items()} for b in data]
+        for b in data:
+            b["hidden"] = hidden_before(self.model, start, b["input_ids"], b["attention_mask"])
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        total = self.config.epochs * len(data)
+        loss_before = self._eval_loss(data, start)
+        step, bad = 0, 0
+        try:
+            for _ in range(self.config.epochs):
+                for batch in rng.sample(data, len(data)):
+                    step += 1
+                    loss = self._loss(batch, start)
+                    if not torch.isfinite(loss):
+                        bad += 1
+                        if bad >= MAX_BAD_STEPS:
+                            raise TrainingDiverged(f"ttt: {bad} non-finite losses in a row; lower -o lr (now {self.config.lr})")
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    bad = 0
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+                    optimizer.step()
+                    on_step(Step(step, total, loss.item()))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        loss_after = self._eval_loss(data, start)
+        tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
+        return LearnReport(
+            name=document.name,
+            sha256=document.sha256,
+            tokens=tokens,
+            loss_before=loss_before,
+            loss_after=loss_after,
+            seconds=round(time.perf_counter() - start_time, 2),
+            extra={"neurons": sum(p.index.numel() for p in patches), "alpha": float(patches[0].alpha), "steps": step},
+        )
+
+    def _loss(self, batch: dict, start: int) -> torch.Tensor:
+        if batch["hidden"] is None:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        else:
+            with replay_prefix(self.model, start, batch["hidden"]):
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return token_loss(logits, batch["labels"])
+
+    def _eval_loss(self, data: list[dict], start: int) -> float:
+        with torch.no_grad():
+            losses = [float(self._loss(b, start)) for b in data]
+        finite = [x for x in losses if math.isfinite(x)]
+        return round(sum(finite) / len(finite), 4) if finite else float("nan")
+
+    # ---- state ---------------------------------------------------------------------------------
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Recreate each saved patch (its shape comes from the tensors), then load strictly."""
+        blocks = decoder_layers(self.model)
+        counts = {}
+        for key in tensors:
+            if ".ttt_patches." in key and key.endswith(".index"):
+                layer = int(key.split(".layers.")[1].split(".")[0])
+                counts[layer] = counts.get(layer, 0) + 1
+        for layer, n in sorted(counts.items()):
+            dual = blocks[layer].mlp
+            weight = dual.mlp.down_proj.weight
+            for j in range(n):
+                base = key_prefix(self.model, dual) + f"ttt_patches.{j}."
+                dual.ttt_patches.append(NeuronPatch(tensors[base + "index"], weight.shape[0], 1.0, weight.dtype).to(weight.device))
+        super().load_state_dict(tensors)
+
+    def describe(self) -> dict:
+        return {"layers": self.layer_ids, "documents": self.documents_learned, "neurons_per_layer": self.config.neurons}
+
+
+def key_prefix(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name + "."
+    raise KeyError("module not in model")
