@@ -258,24 +258,46 @@ def interactive(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with documented exit codes (CLSLM_DEBUG=1 shows tracebacks)."""
-    import click
-
+    usage_errors, aborts = _cli_exceptions()
     try:
         code = app(args=argv, prog_name="clslm", standalone_mode=False)
     except ClslmError as e:
         _fail(str(e), e.exit_code, e)
-    except (KeyboardInterrupt, click.exceptions.Abort) as e:
+    except (KeyboardInterrupt, *aborts) as e:
         if isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt):
-            err.print("interrupted; the session is unchanged")
-            raise SystemExit(130) from None
+            _interrupted()
         _fail("aborted", 1, e)
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(e.exit_code) from None
+    except usage_errors as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `clslm`: the help text is the answer
+            e.show()
+            raise SystemExit(e.exit_code) from None
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(f"{e.format_message()}{hint}", e.exit_code, e)
     except Exception as e:  # a bug: still one line, unless CLSLM_DEBUG is set
         _fail(f"internal error: {type(e).__name__}: {e}", 1, e)
+    if code == 130:  # Typer turns Ctrl-C into Exit(130)
+        _interrupted()
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts): Typer >= 0.2x raises its vendored click's exceptions, older Typer click's own."""
+    usage, aborts = [typer.TyperException] if hasattr(typer, "TyperException") else [], [typer.Abort]
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        usage.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
+    return tuple(usage), tuple(aborts)
+
+
+def _interrupted() -> None:
+    err.print("interrupted; the session is unchanged")
+    raise SystemExit(130) from None
 
 
 def _fail(message: str, code: int, error: BaseException) -> None:

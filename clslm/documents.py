@@ -121,7 +121,10 @@ def _pdf_document(path: Path, password: str | None) -> Document:
             text = "\n\n".join(page.get_text() for page in pdf)
         except Exception as e:
             raise InputError(f"{path}: cannot read PDF text ({e})") from None
+        repaired = pdf.is_repaired
     if not text.strip():
+        if repaired:  # MuPDF rebuilt a damaged file (e.g. truncated) and found no text in what was left
+            raise InputError(f"{path}: damaged PDF (truncated?); no text could be read")
         raise InputError(f"{path}: PDF has no text layer (scanned images?); run OCR first")
     return Document(name=str(path), text=text)
 
@@ -146,7 +149,8 @@ def _jsonl_documents(path: Path, text_field: str) -> list[Document]:
     return docs
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")
+# End punctuation, closing quotes/brackets (kept with the sentence), then space before a capital.
+_SENTENCE_END = re.compile(r"([.!?][\"')\]]*)\s+(?=[A-Z0-9\"'(\[])")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -154,7 +158,8 @@ def split_sentences(text: str) -> list[str]:
     sentences = []
     for paragraph in re.split(r"\n\s*\n", text):
         paragraph = " ".join(paragraph.split())
-        sentences += [s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()]
+        # Paragraphs hold no newline after the join above, so a newline can mark the cuts.
+        sentences += [s.strip() for s in _SENTENCE_END.sub("\\1\n", paragraph).split("\n") if s.strip()]
     return sentences
 
 

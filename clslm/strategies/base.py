@@ -158,11 +158,20 @@ def parse_options(config_cls: type[StrategyConfig], options: dict[str, str], bas
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values = dataclasses.asdict(base) if base is not None else {}
+    valid = f"valid keys: {', '.join(sorted(fields))}"
     for key, raw in options.items():
         if key not in fields:
-            raise InputError(f"unknown option {key!r}; valid keys: {', '.join(sorted(fields))}")
-        values[key] = coerce(key, raw, hints[key])
-    return config_cls(**values)
+            raise InputError(f"unknown option {key!r}; {valid}")
+        try:
+            values[key] = coerce(key, raw, hints[key])
+        except InputError as e:
+            raise InputError(f"{e}; {valid}") from None
+    try:
+        return config_cls(**values)
+    except InputError as e:  # a value the Config's checks refuse (e.g. lr <= 0)
+        if not options:
+            raise
+        raise InputError(f"{e}; {valid}") from None
 
 
 def coerce(key: str, raw: Any, hint: Any) -> Any:
@@ -178,8 +187,18 @@ def coerce(key: str, raw: Any, hint: Any) -> Any:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError("expected true or false")
             return raw.lower() in ("1", "true", "yes", "on")
-        if hint in (int, float, str):
-            return hint(raw)
+        if hint is int:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError("expected an integer") from None
+        if hint is float:
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError("expected a number") from None
+        if hint is str:
+            return raw
         if hint == (str | None):
             return raw or None
     except ValueError as e:

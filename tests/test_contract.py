@@ -1,0 +1,295 @@
+"""The Strategy contract, checked for every available strategy on every tiny architecture.
+
+A new strategy inherits this whole table: learning changes only its own state, base weights stay
+bit-identical, deltas-off is exactly the base model, state round-trips through a session, the prompt
+holds only the question, and learning is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+import torch
+
+from clslm import registry
+from clslm.documents import Document
+from clslm.errors import InputError, StrategyNotImplemented, UnknownStrategy
+from clslm.generation import generate
+from clslm.models import load_model, resolve_model
+from clslm.session import Session
+from clslm.strategies.base import LearnReport, Strategy, StrategyConfig, StrategyContext, config_from_dict, parse_options
+
+from conftest import DOCUMENT, GRADIENT_STRATEGIES, fast_options
+
+STRATEGIES = registry.available()
+# Strategies that keep what they learned in weights only: nothing may be added to the prompt.
+WEIGHT_STRATEGIES = {"ttt"}
+QUESTION = "Which engineer built the Kessenbrock Light?"
+
+
+def load(model_dir):
+    source = resolve_model(str(model_dir))
+    return (*load_model(source, device="cpu", dtype="float32"), source)
+
+
+def make_strategy(name: str, model_dir, **overrides) -> Strategy:
+    model, tokenizer, source = load(model_dir)
+    cls = registry.get(name)
+    config = parse_options(cls.Config, fast_options(name) | overrides)
+    return cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+
+
+def probe_ids(tokenizer) -> torch.Tensor:
+    """A chat prompt plus some document text: long enough to pass Gemma 3's sliding window."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True) + DOCUMENT
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+def logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@dataclass
+class Learned:
+    strategy: Strategy
+    report: LearnReport
+    originals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name → (the base tensor object, its value before)
+    state_before: dict[str, torch.Tensor]
+    base_model: torch.nn.Module  # a fresh load of the same model dir
+    ids: torch.Tensor
+
+
+@pytest.fixture(params=STRATEGIES)
+def strategy_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def learned(strategy_name, model_dir) -> Learned:
+    model, tokenizer, source = load(model_dir)
+    # Keep the base parameter/buffer objects themselves: wrappers may move them in the module tree
+    # (ttt's DualMLP holds the original mlp), but they must stay the same tensors with the same values.
+    originals = {n: (t, t.detach().clone()) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    cls = registry.get(strategy_name)
+    strategy = cls(model, tokenizer, parse_options(cls.Config, fast_options(strategy_name)), StrategyContext(model_fingerprint=source.fingerprint))
+    state_before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    report = strategy.learn(Document(name="kessenbrock", text=DOCUMENT))
+    base_model, _, _ = load(model_dir)
+    return Learned(strategy, report, originals, state_before, base_model, probe_ids(tokenizer))
+
+
+def test_every_reserved_name_is_known():
+    assert {"ttt", "ttt-linear", "jitrl-mvp", "jitrl-full", "ace", "doc2lora"} <= set(registry.names())
+    assert "ttt" in STRATEGIES
+
+
+def test_attach_alone_keeps_the_base_model(strategy_name, model_dir):
+    strategy = make_strategy(strategy_name, model_dir)
+    base, tokenizer, _ = load(model_dir)
+    ids = probe_ids(tokenizer)
+    assert torch.equal(logits(strategy.model, ids), logits(base, ids))
+
+
+def test_learning_changes_the_state(learned):
+    after = learned.strategy.state_dict()
+    assert after, "a strategy that learned something has state to save"
+    changed = set(after) != set(learned.state_before) or any(not torch.equal(after[k], learned.state_before[k]) for k in after)
+    assert changed
+    # ...and the learned state acts on the model.
+    assert not torch.equal(logits(learned.strategy.model, learned.ids), logits(learned.base_model, learned.ids))
+
+
+def test_learning_leaves_every_base_weight_bit_identical(learned):
+    model = learned.strategy.model
+    live = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    fresh = dict([*learned.base_model.named_parameters(), *learned.base_model.named_buffers()])
+    for name, (tensor, before) in learned.originals.items():
+        assert id(tensor) in live, f"{name} was replaced instead of wrapped"
+        assert not tensor.requires_grad, f"{name} was left trainable"
+        assert torch.equal(tensor, before), f"{name} changed while learning"
+        assert torch.equal(tensor, fresh[name]), f"{name} differs from a fresh load"
+    # Nothing the strategy saves is a base weight: state is what was learned, not a copy of the model.
+    prefix = type(learned.strategy).prefix
+    if prefix:
+        assert all(prefix in key for key in learned.strategy.state_dict())
+
+
+def test_report_describes_the_document(learned, strategy_name):
+    report = learned.report
+    assert report.name == "kessenbrock"
+    assert report.sha256 == Document(name="x", text=DOCUMENT).sha256
+    assert report.tokens == len(learned.strategy.tokenizer(DOCUMENT, add_special_tokens=False)["input_ids"])
+    assert report.seconds >= 0
+    if strategy_name in GRADIENT_STRATEGIES:
+        assert report.loss_before is not None and report.loss_after is not None
+        assert report.loss_after < report.loss_before
+
+
+def test_disabled_is_exactly_the_base_model(learned):
+    strategy, ids = learned.strategy, learned.ids
+    base_logits = logits(learned.base_model, ids)
+    with strategy.disabled():
+        assert not strategy.enabled
+        assert torch.equal(logits(strategy.model, ids), base_logits)
+        off = strategy.answer(QUESTION, max_new_tokens=6)
+    # Switched back on afterwards.
+    assert strategy.enabled
+    assert not torch.equal(logits(strategy.model, ids), base_logits)
+    base = generate(learned.base_model, strategy.tokenizer, QUESTION, max_new_tokens=6)
+    assert off.deltas is False
+    assert (off.text, off.prompt, off.prompt_tokens, off.context_tokens) == (base.text, base.prompt, base.prompt_tokens, 0)
+
+
+def test_disabled_restores_state_after_an_error(learned):
+    strategy = learned.strategy
+    with pytest.raises(RuntimeError):
+        with strategy.disabled():
+            raise RuntimeError("boom")
+    assert strategy.enabled
+    assert not torch.equal(logits(strategy.model, learned.ids), logits(learned.base_model, learned.ids))
+
+
+def test_ask_prompt_holds_only_the_question(learned, strategy_name):
+    strategy = learned.strategy
+    answer = strategy.answer(QUESTION, max_new_tokens=4)
+    context = strategy.prompt_context(QUESTION)
+    if strategy_name in WEIGHT_STRATEGIES:
+        assert context == ""
+    if not context:
+        # Written out by hand (the test tokenizer's ChatML template), not through clslm's own helpers.
+        assert answer.prompt == f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+        assert answer.context_tokens == 0
+        assert "Adelmar" not in answer.prompt
+    else:
+        assert answer.context_tokens == len(strategy.tokenizer(context.strip(), add_special_tokens=False)["input_ids"]) > 0
+    assert answer.prompt_tokens == len(strategy.tokenizer(answer.prompt, add_special_tokens=False)["input_ids"])
+    assert answer.deltas is True
+
+
+def test_save_then_open_gives_identical_logits(strategy_name, model_dir, tmp_path):
+    path = tmp_path / "session"
+    with Session.create(path, model=str(model_dir), strategy=strategy_name, options=fast_options(strategy_name), device="cpu") as s:
+        s.learn([Document(name="kessenbrock", text=DOCUMENT)])
+        strategy = s.strategy()
+        ids = probe_ids(strategy.tokenizer)
+        saved_logits = logits(strategy.model, ids)
+        saved_state = strategy.state_dict()
+        saved_answer = s.ask(QUESTION, max_new_tokens=6)
+    reopened = Session.open(path, device="cpu")
+    with reopened:
+        strategy = reopened.strategy()
+        assert torch.equal(logits(strategy.model, ids), saved_logits)
+        state = strategy.state_dict()
+        assert set(state) == set(saved_state) and all(torch.equal(state[k], saved_state[k]) for k in state)
+        again = reopened.ask(QUESTION, max_new_tokens=6)
+        assert (again.text, again.prompt) == (saved_answer.text, saved_answer.prompt)
+        # Deltas off after a reload is still the base model.
+        base, _, _ = load(model_dir)
+        with strategy.disabled():
+            assert torch.equal(logits(strategy.model, ids), logits(base, ids))
+
+
+def test_learning_is_deterministic_for_a_seed(strategy_name, model_dir):
+    doc = Document(name="kessenbrock", text=DOCUMENT)
+    first, second = make_strategy(strategy_name, model_dir), make_strategy(strategy_name, model_dir)
+    r1, r2 = first.learn(doc), second.learn(doc)
+    s1, s2 = first.state_dict(), second.state_dict()
+    assert set(s1) == set(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert (r1.loss_before, r1.loss_after) == (r2.loss_before, r2.loss_after)
+    assert first.extra_state() == second.extra_state()
+
+
+# ---- registry and options (the parts of the contract that need no model) ---------------------------
+
+
+def test_registry_errors_are_input_errors():
+    with pytest.raises(StrategyNotImplemented, match="not implemented yet") as e:
+        registry.get("ace")
+    assert e.value.exit_code == 3
+    with pytest.raises(UnknownStrategy, match="unknown strategy") as e:
+        registry.get("no-such-strategy")
+    assert e.value.exit_code == 3
+
+
+@dataclass
+class _ToyConfig(StrategyConfig):
+    rate: float = 0.5
+    steps: int = 2
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    label: str | None = None
+
+
+class _Toy(Strategy):
+    name = "toy-contract"
+    Config = _ToyConfig
+
+    def learn(self, document, on_step=None):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+def test_register_refuses_taken_names_and_unregisters():
+    class Clash(_Toy):
+        name = "ttt"
+
+    with pytest.raises(ValueError, match="already exists"):
+        registry.register(Clash)
+    registry.register(_Toy)
+    try:
+        assert registry.get("toy-contract") is _Toy
+        assert "toy-contract" in registry.available() and "toy-contract" in registry.names()
+        with pytest.raises(ValueError, match="already exists"):
+            registry.register(_Toy)
+    finally:
+        registry.unregister("toy-contract")
+    assert "toy-contract" not in registry.names()
+
+
+def test_parse_options_coerces_to_field_types():
+    config = parse_options(_ToyConfig, {"rate": "1e-3", "steps": "7", "flag": "yes", "mode": "b", "label": "x", "seed": "3"})
+    assert (config.rate, config.steps, config.flag, config.mode, config.label, config.seed) == (1e-3, 7, True, "b", "x", 3)
+    assert parse_options(_ToyConfig, {"flag": "off", "label": ""}).flag is False
+    assert parse_options(_ToyConfig, {"label": ""}).label is None
+    # A base config keeps its values for keys not given.
+    assert parse_options(_ToyConfig, {"steps": "9"}, base=config).rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"nope": "1"}, "unknown option 'nope'"),
+        ({"steps": "many"}, "steps"),
+        ({"steps": "1.5"}, "steps"),
+        ({"rate": "fast"}, "rate"),
+        ({"flag": "maybe"}, "flag"),
+        ({"mode": "c"}, "choose from a, b"),
+    ],
+)
+def test_parse_options_rejects_bad_keys_and_values(options, message):
+    with pytest.raises(InputError, match=message) as e:
+        parse_options(_ToyConfig, options)
+    # Every -o error names the valid keys, so the user can fix the command line at once.
+    assert "flag, label, mode, rate, seed, steps" in str(e.value)
+    assert e.value.exit_code == 3
+
+
+def test_config_from_dict_drops_unknown_keys_and_fills_defaults():
+    config = config_from_dict(_ToyConfig, {"steps": 4, "removed_in_a_later_version": 1})
+    assert config == _ToyConfig(steps=4)
+
+
+def test_strategy_config_validation_is_an_input_error(strategy_name):
+    cls = registry.get(strategy_name).Config
+    import dataclasses
+
+    numeric = [f.name for f in dataclasses.fields(cls) if f.type in ("int", "float", int, float) and f.name != "seed"]
+    rejected = 0
+    for key in numeric:
+        try:
+            parse_options(cls, {key: "-1"})
+        except InputError:
+            rejected += 1
+    assert rejected > 0, "a strategy config should validate its numbers (e.g. lr > 0)"
