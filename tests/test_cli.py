@@ -87,7 +87,8 @@ def test_learn_json(capfd, tmp_path, llama_dir, doc_file):
     assert doc["name"] == str(doc_file) and doc["sha256"] == Document("x", DOCUMENT).sha256
     assert doc["loss_after"] < doc["loss_before"]
     data = manifest(path)
-    assert result["state_bytes"] == data["state"]["tensors"]["bytes"] > 0
+    assert data["state"]["tensors"]["bytes"] > 0
+    assert result["state_bytes"] == sum(entry["bytes"] for entry in data["state"].values() if entry)
     assert data["model"]["ref"] == str(llama_dir) and data["strategy"]["config"]["epochs"] == 3
 
 
@@ -171,7 +172,7 @@ def test_info(capfd, session, llama_dir):
     assert {"session", "format_version", "clslm_version", "model", "strategy", "documents", "state_bytes"} <= set(data)
     assert data["model"]["ref"] == str(llama_dir) and data["strategy"]["name"] == "ttt"
     assert [d["name"] for d in data["documents"]] == ["kessenbrock"]
-    assert data["state_bytes"] == manifest(session)["state"]["tensors"]["bytes"]
+    assert data["state_bytes"] == sum(e["bytes"] for e in manifest(session)["state"].values() if e)
     code, out, _ = run(capfd, "info", "-s", session)
     assert code == 0 and "kessenbrock" in out and "ttt" in out
 

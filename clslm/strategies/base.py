@@ -100,8 +100,21 @@ class Strategy(ABC):
         """transformers LogitsProcessors applied while answering (none by default)."""
         return []
 
+    @contextmanager
+    def routed(self, question: str) -> Iterator[None]:
+        """Condition input-dependent deltas on `question` for the block (default: nothing to do).
+
+        Anything that runs the model on a question outside answer() (e.g. scoring an answer's
+        likelihood in a benchmark) should do it inside this block.
+        """
+        yield
+
     def answer(self, question: str, *, max_new_tokens: int = 64) -> Answer:
         on = self.enabled
+        with self.routed(question):
+            return self._generate(question, on, max_new_tokens)
+
+    def _generate(self, question: str, on: bool, max_new_tokens: int) -> Answer:
         return generate(
             self.model,
             self.tokenizer,

@@ -1,21 +1,22 @@
-"""Training text made from a document: chat-formatted pieces with loss on the reply tokens only."""
+"""Training text made from a document: chat turns whose replies carry the document, loss on replies only.
+
+A model that only reads a document learns to continue it, not to answer questions about it. So every
+sentence is also taught as the reply to questions about it: a question about the document's subject,
+and cloze questions made by templates (a name, number or year of the sentence replaced by a wh-word).
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from ..documents import Document, split_sentences
 from ..generation import chat_prompt
-
-# Generic user turns: the facts become things the model *says* in a chat, which is how it is asked later.
-PROMPTS = (
-    "What do you know about this?",
-    "Tell me a fact you learned.",
-    "What did you read?",
-    "Recall what the document says.",
-)
 
 
 @dataclass
@@ -24,9 +25,88 @@ class Example:
     labels: list[int]  # -100 where no loss is taken
 
 
-def pieces(document: Document, tokenizer, max_tokens: int) -> list[str]:
-    """The document cut at sentence boundaries into pieces of at most ~max_tokens, then each sentence."""
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
+_NUMBER = re.compile(r"\b\d[\d,.]*(?:\s+(?:per\s+cent|percent|(?!(?:with|and|the|of|in|to|by|a|an|for|from|was|were|is|on|at|as|or|after|before|when)\b)[a-z]+))?")
+_STOP = {"The", "A", "An", "It", "In", "On", "At", "He", "She", "They", "This", "That", "Its", "His", "Her", "Their", "After", "By", "For", "When", "With", "From", "As", "Each", "Every", "Most", "Some", "There", "These", "Those", "But", "And", "Or", "If", "To", "Of"}
+
+
+def subject(text: str) -> str:
+    """The document's most frequent proper name (a stand-in for its title)."""
+    names = [n for n in _CAPITALISED.findall(text) if n not in _STOP]
+    multi = [n for n in names if " " in n]
+    pool = Counter(multi).most_common(1) or Counter(names).most_common(1)
+    name = pool[0][0] if pool else "the document"
+    return "the " + name[4:] if name.startswith("The ") else name
+
+
+def answer_spans(sentence: str, limit: int) -> list[str]:
+    """Names and numbers in a sentence that a question could ask for."""
+    spans = [m for m in _NUMBER.findall(sentence)]
+    spans += [n for n in _CAPITALISED.findall(sentence) if n not in _STOP and not sentence.startswith(n + " ")]
+    seen, out = set(), []
+    for span in spans:
+        span = span.strip(" ,.")
+        if span and span not in seen:
+            seen.add(span)
+            out.append(span)
+    return out[:limit]
+
+
+def content_words(sentence: str) -> list[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = re.findall(r"[A-Za-z][\w'’-]*", sentence)
+    return [w for w in words if w.lower() not in ENGLISH_STOP_WORDS and len(w) > 2]
+
+
+def cues(sentence: str, count: int, rng: random.Random) -> list[list[str]]:
+    """`count` small random subsets of the sentence's content words, kept in sentence order.
+
+    A question shares a few words with the sentence that answers it, never all of them: teaching the
+    sentence as the reply to partial cues makes any such overlap recall it.
+    """
+    words = content_words(sentence)
+    if len(words) < 2:
+        return []
+    out = []
+    for _ in range(count):
+        k = rng.randint(2, min(4, len(words)))
+        out.append([words[i] for i in sorted(rng.sample(range(len(words)), k))])
+    return out
+
+
+def cloze_question(sentence: str, span: str, topic: str) -> str:
+    """The sentence as a question about `span`: 'It rises how many metres from its foundation?'."""
+    first = span.split()[0]
+    if re.fullmatch(r"1\d{3}|20\d{2}", first):
+        wh = "in which year" if re.search(rf"\bin {re.escape(span)}", sentence) else "which year"
+        pattern = rf"\bin {re.escape(span)}" if wh == "in which year" else re.escape(span)
+    elif first[0].isdigit():
+        unit = span.split()[1] if len(span.split()) > 1 else ""
+        wh, pattern = (f"how many {unit}" if unit else "how many"), re.escape(span)
+    else:
+        wh, pattern = "what", re.escape(span)
+    body = re.sub(pattern, wh, sentence, count=1).rstrip(" .!?")
+    return f"About {topic}: {body}?"
+
+
+def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sentence: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(user, reply) pairs: the document in pieces, each sentence, and cloze questions answered by it."""
     sentences = split_sentences(document.text) or [document.text.strip()]
+    topic = subject(document.text)
+    rng = random.Random(seed)
+    pairs = [(f"Tell me about {topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
+    for sentence in sentences:
+        pairs.append((f"What do you know about {topic}?", sentence))
+        if os.environ.get("AUG") == "cloze":
+            pairs += [(cloze_question(sentence, span, topic), sentence) for span in answer_spans(sentence, questions_per_sentence)]
+        else:
+            pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng)]
+    return pairs
+
+
+def _pieces(sentences: list[str], tokenizer, max_tokens: int) -> list[str]:
+    """Consecutive sentences joined into pieces of at most ~max_tokens."""
     chunks, current = [], ""
     for sentence in sentences:
         candidate = f"{current} {sentence}".strip()
@@ -34,22 +114,19 @@ def pieces(document: Document, tokenizer, max_tokens: int) -> list[str]:
             chunks.append(current)
             candidate = sentence
         current = candidate
-    chunks.append(current)
-    return chunks + (sentences if len(sentences) > 1 else [])
+    return chunks + [current]
 
 
-def build_examples(document: Document, tokenizer, *, fmt: str = "chat", max_tokens: int = 128) -> list[Example]:
-    """Examples to learn `document` from: chat turns (reply = a piece) or raw text windows."""
+def build_examples(document: Document, tokenizer, *, fmt: str = "chat", max_tokens: int = 128, questions_per_sentence: int = 2) -> list[Example]:
+    """Examples to learn `document` from: chat turns (format 'chat') or raw text pieces ('raw')."""
+    if fmt == "raw":
+        sentences = split_sentences(document.text) or [document.text]
+        ids_list = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in _pieces(sentences, tokenizer, max_tokens)]
+        return [Example(ids, list(ids)) for ids in ids_list if len(ids) > 1]
     examples = []
-    for i, piece in enumerate(pieces(document, tokenizer, max_tokens)):
-        if fmt == "raw":
-            ids = tokenizer(piece, add_special_tokens=False)["input_ids"][: max_tokens * 2]
-            examples.append(Example(ids, list(ids)))
-            continue
-        prompt = chat_prompt(tokenizer, PROMPTS[i % len(PROMPTS)])
-        full = chat_prompt(tokenizer, PROMPTS[i % len(PROMPTS)], reply=piece)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    for user, reply in turns(document, tokenizer, max_tokens=max_tokens, questions_per_sentence=questions_per_sentence):
+        prompt_ids = tokenizer(chat_prompt(tokenizer, user), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(chat_prompt(tokenizer, user, reply=reply), add_special_tokens=False)["input_ids"]
         n = len(prompt_ids) if full_ids[: len(prompt_ids)] == prompt_ids else 0
         examples.append(Example(full_ids, [-100] * n + full_ids[n:]))
     return examples
@@ -72,8 +149,16 @@ def batches(examples: list[Example], batch_size: int, pad_id: int) -> list[dict[
     return out
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose label is not -100."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100)
+def reply_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions, running the LM head only there.
+
+    The vocabulary projection costs as much as several decoder layers; prompt positions need none.
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets[keep])

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,8 +28,10 @@ from ..documents import Document
 from ..errors import TrainingDiverged
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .router import DocumentKeys
+from .router import scores as route_scores
 from .gating import cached_idf, neuron_activations, select_neurons
-from .textbook import batches, build_examples, token_loss
+from .textbook import batches, build_examples, reply_loss
 
 PREFIX = "ttt_"
 MAX_BAD_STEPS = 5
@@ -46,9 +50,12 @@ class TTTConfig(StrategyConfig):
     alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
     format: Literal["chat", "raw"] = "chat"  # training text: chat turns (reply = document piece) or raw text
     max_tokens: int = 96  # longest document piece in one training example
+    questions: int = 2  # cloze questions made per sentence (0: sentences and pieces only)
     batch_size: int = 8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    route_threshold: float = 0.0  # a document's deltas act only on inputs whose TF-IDF match reaches this (0: always)
+    route_top: int = 1  # at most this many best-matching documents act at once
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr must be > 0")
@@ -68,6 +75,7 @@ class NeuronPatch(nn.Module):
         k = index.numel()
         self.register_buffer("index", index.clone())
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.route = 1.0  # set per question by the router; not saved
         self.gate = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
         self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
         self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
@@ -94,7 +102,8 @@ class DualMLP(nn.Module, DeltaModule):
         y = self.mlp(x)
         if self.enabled:
             for patch in self.ttt_patches:
-                y = y + patch(x, self.mlp)
+                if patch.route:
+                    y = y + patch(x, self.mlp)
         return y
 
 
@@ -113,6 +122,7 @@ class TTT(Strategy):
         for i in self.layer_ids:
             blocks[i].mlp = DualMLP(gated_mlp(blocks[i]))
         self._idf: dict[int, torch.Tensor] | None = None
+        self.keys: list[DocumentKeys] = []
 
     # ---- parts ---------------------------------------------------------------------------------
     def dual_mlps(self) -> dict[int, DualMLP]:
@@ -148,9 +158,12 @@ class TTT(Strategy):
         start_time = time.perf_counter()
         torch.manual_seed(self.config.seed)
         rng = random.Random(self.config.seed)
-        examples = build_examples(document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens)
+        examples = build_examples(
+            document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens, questions_per_sentence=self.config.questions
+        )
         data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
         patches = self._add_patches(document)
+        self.keys.append(DocumentKeys.from_text(document.text))
         params = [p for patch in patches for p in patch.parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -197,11 +210,9 @@ class TTT(Strategy):
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:
         if batch["hidden"] is None:
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        else:
-            with replay_prefix(self.model, start, batch["hidden"]):
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return token_loss(logits, batch["labels"])
+            return reply_loss(self.model, batch)
+        with replay_prefix(self.model, start, batch["hidden"]):
+            return reply_loss(self.model, batch)
 
     def _eval_loss(self, data: list[dict], start: int) -> float:
         with torch.no_grad():
@@ -209,7 +220,35 @@ class TTT(Strategy):
         finite = [x for x in losses if math.isfinite(x)]
         return round(sum(finite) / len(finite), 4) if finite else float("nan")
 
+    # ---- routing -------------------------------------------------------------------------------
+    def active_documents(self, question: str) -> list[int]:
+        """Documents whose deltas act on `question`: the best TF-IDF matches above the threshold."""
+        if self.config.route_threshold <= 0:
+            return list(range(self.documents_learned))
+        ranked = sorted(enumerate(route_scores(self.keys, question)), key=lambda p: -p[1])
+        return [i for i, score in ranked[: self.config.route_top] if score >= self.config.route_threshold]
+
+    @contextmanager
+    def routed(self, question: str) -> Iterator[None]:
+        active = set(self.active_documents(question))
+        duals = self.dual_mlps().values()
+        for dual in duals:
+            for j, patch in enumerate(dual.ttt_patches):
+                patch.route = 1.0 if j in active else 0.0
+        try:
+            yield
+        finally:
+            for dual in duals:
+                for patch in dual.ttt_patches:
+                    patch.route = 1.0
+
     # ---- state ---------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"keys": [k.to_json() for k in self.keys]} if self.keys else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Recreate each saved patch (its shape comes from the tensors), then load strictly."""
         blocks = decoder_layers(self.model)
