@@ -66,7 +66,8 @@ def test_round_trip(learned_session, llama_dir):
     with Session.open(learned_session, device="cpu") as s:
         assert s.documents == data["documents"]
         info = s.info()
-        assert info["state_bytes"] == s.state_bytes() == state_file(learned_session).stat().st_size > 0
+        files = [learned_session / e["file"] for e in data["state"].values() if e]
+        assert info["state_bytes"] == s.state_bytes() == sum(f.stat().st_size for f in files) > 0
         assert info["strategy"]["name"] == "ttt" and info["model"]["ref"] == str(llama_dir)
         s.ask(QUESTION, max_new_tokens=2)
         # Once the strategy is loaded, info also describes its state.
