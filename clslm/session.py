@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -13,7 +14,7 @@ from typing import Any
 from . import __version__, registry
 from .atomic import write_atomic, write_json_atomic
 from .documents import Document
-from .errors import InputError, SessionBusy, SessionCorrupt, SessionMismatch, SessionNotFound, TrainingDiverged
+from .errors import ClslmError, InputError, SessionBusy, SessionCorrupt, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
 from .models import DEFAULT_MODEL, ModelSource, file_sha256, load_model, resolve_model
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
@@ -35,6 +36,7 @@ class Session:
         self.device, self.dtype, self.wait = device, dtype, wait
         self._strategy: Strategy | None = None
         self._lock = None
+        self._made_dir = False
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -84,8 +86,15 @@ class Session:
     def check_matches(self, *, model: str | None = None, strategy: str | None = None) -> None:
         if strategy and strategy != self.strategy_name:
             raise SessionMismatch(f"{self.path}: session uses strategy {self.strategy_name!r}, not {strategy!r} (use another --session, or `clslm reset`)")
-        if model and model != self.model_ref:
+        if model and model != self.model_ref and not self._same_model(model):
             raise SessionMismatch(f"{self.path}: session was made with model {self.model_ref!r}, not {model!r}")
+
+    def _same_model(self, ref: str) -> bool:
+        """`./m` and `/abs/m` name one model: compare fingerprints, not spellings."""
+        try:
+            return resolve_model(ref).fingerprint == self.manifest["model"]["fingerprint"]
+        except ClslmError:
+            return False
 
     def set_options(self, options: dict[str, str]) -> None:
         cls = registry.get(self.strategy_name).Config
@@ -97,6 +106,7 @@ class Session:
     def __enter__(self) -> "Session":
         from filelock import FileLock, Timeout
 
+        self._made_dir = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path / LOCK), timeout=self.wait)
         try:
@@ -108,6 +118,12 @@ class Session:
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
             self._lock.release()
+        if self._made_dir and not (self.path / MANIFEST).exists():  # nothing was saved: leave no trace
+            (self.path / LOCK).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -154,15 +170,18 @@ class Session:
     def learn(self, documents: list[Document], on_step: StepCallback = noop, on_document=None) -> list[LearnReport]:
         """Learn the documents in order, then save once: all or nothing."""
         strategy = self.strategy()
-        reports = []
-        for doc in documents:
-            if on_document:
-                on_document(doc)
-            report = strategy.learn(doc, on_step)
-            reports.append(report)
-            entry = asdict(report) | {"learned_at": _now()}
-            self.documents.append(entry)
-        self.save()
+        reports, before = [], copy.deepcopy(self.manifest)
+        try:
+            for doc in documents:
+                if on_document:
+                    on_document(doc)
+                reports.append(strategy.learn(doc, on_step))
+            self.manifest["documents"] = self.documents + [asdict(r) | {"learned_at": _now()} for r in reports]
+            self.save()
+        except BaseException:
+            # The in-memory model holds half-learned state: drop it, so the next use reloads the saved one.
+            self._strategy, self.manifest = None, before
+            raise
         return reports
 
     def ask(self, question: str, *, deltas: bool = True, max_new_tokens: int = 64) -> Answer:

@@ -375,3 +375,33 @@ def test_non_finite_first_learn_leaves_no_session(tmp_path, llama_dir, monkeypat
             s.learn([Document(name="kessenbrock", text=DOCUMENT)])
     assert not (path / MANIFEST).exists()
     assert not list(path.glob("deltas-*"))
+
+
+def test_a_failed_learn_restores_the_saved_state(learned_session, monkeypatch):
+    with Session.open(learned_session, device="cpu") as s:
+        saved_documents = list(s.documents)
+        strategy = s.strategy()
+
+        def failing_learn(document, on_step=None):
+            raise TrainingDiverged("boom")
+
+        monkeypatch.setattr(strategy, "learn", failing_learn)
+        with pytest.raises(TrainingDiverged):
+            s.learn([Document(name="other", text=OTHER)])
+        assert s.documents == saved_documents
+        assert s.strategy() is not strategy  # the half-learned model is dropped and reloaded from disk
+
+
+def test_a_failed_first_learn_leaves_no_directory(tmp_path, llama_dir):
+    path = tmp_path / "new-session"
+    with pytest.raises(TrainingDiverged):
+        with new_session(path, llama_dir) as s:
+            raise TrainingDiverged("before anything was saved")
+    assert not path.exists()
+
+
+def test_same_model_spelled_differently_is_not_a_mismatch(learned_session, llama_dir, monkeypatch):
+    monkeypatch.chdir(llama_dir.parent)
+    relative = f"./{llama_dir.name}"
+    with Session.open_or_create(learned_session, model=relative, strategy="ttt", device="cpu") as s:
+        assert s.model_ref == str(llama_dir)
