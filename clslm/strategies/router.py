@@ -33,10 +33,13 @@ class DocumentKeys:
     def from_text(cls, text: str) -> "DocumentKeys":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
+        from .gating import general_corpus
+
         sentences = split_sentences(text) or [text]
         vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
+        # Everyday text as background: words it uses often get a low idf and route nothing.
         try:
-            matrix = vectorizer.fit_transform(sentences).tocsr()
+            matrix = vectorizer.fit_transform(sentences + general_corpus()).tocsr()[: len(sentences)]
         except ValueError:  # only stop words: nothing to route on
             return cls([], [], [])
         rows = [dict(zip(matrix[i].indices.tolist(), matrix[i].data.tolist())) for i in range(matrix.shape[0])]
@@ -45,11 +48,13 @@ class DocumentKeys:
     def score(self, terms: list[str]) -> float:
         """Best cosine similarity between the analysed question terms and one sentence."""
         index = {t: i for i, t in enumerate(self.vocabulary)}
-        counts = Counter(index[t] for t in terms if t in index)
-        if not counts:
+        counts = Counter(terms)
+        query = {index[t]: (1 + math.log(c)) * self.idf[index[t]] for t, c in counts.items() if t in index}
+        if not query:
             return 0.0
-        query = {i: (1 + math.log(c)) * self.idf[i] for i, c in counts.items()}
-        norm = math.sqrt(sum(v * v for v in query.values()))
+        # Words the document never uses still make the question long: they count, as the rarest words.
+        unseen = max(self.idf, default=1.0)
+        norm = math.sqrt(sum(v * v for v in query.values()) + sum(((1 + math.log(c)) * unseen) ** 2 for t, c in counts.items() if t not in index))
         return max((sum(w * row.get(i, 0.0) for i, w in query.items()) / norm for row in self.sentences), default=0.0)
 
     def to_json(self) -> dict[str, Any]:

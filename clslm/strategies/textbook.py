@@ -59,20 +59,38 @@ def content_words(sentence: str) -> list[str]:
     return [w for w in words if w.lower() not in ENGLISH_STOP_WORDS and len(w) > 2]
 
 
-def cues(sentence: str, count: int, rng: random.Random) -> list[list[str]]:
+def cues(sentence: str, count: int, rng: random.Random, frequency: Counter | None = None) -> list[list[str]]:
     """`count` small random subsets of the sentence's content words, kept in sentence order.
 
     A question shares a few words with the sentence that answers it, never all of them: teaching the
-    sentence as the reply to partial cues makes any such overlap recall it.
+    sentence as the reply to partial cues makes any such overlap recall it. Words rare in the rest of
+    the document tell sentences apart, so they are drawn more often.
     """
     words = content_words(sentence)
     if len(words) < 2:
         return []
+    weights = [1.0 / (frequency or Counter())[w.lower()] if frequency else 1.0 for w in words]
     out = []
     for _ in range(count):
         k = rng.randint(2, min(4, len(words)))
-        out.append([words[i] for i in sorted(rng.sample(range(len(words)), k))])
+        picked: set[int] = set()
+        while len(picked) < k:
+            picked.add(rng.choices(range(len(words)), weights)[0])
+        out.append([words[i] for i in sorted(picked)])
     return out
+
+
+_PRONOUN_START = re.compile(r"^(It|Its|They|Their|He|His|She|Her)\b")
+
+
+def resolve_pronoun(sentence: str, topic: str) -> str:
+    """'It rises 41 metres' → 'The Kessenbrock Light rises 41 metres' (the subject, not a bare pronoun)."""
+    match = _PRONOUN_START.match(sentence)
+    if not match or topic == "the document":
+        return sentence
+    name = topic[0].upper() + topic[1:]
+    possessive = match.group(1) in ("Its", "Their", "His", "Her")
+    return (f"{name}'s" if possessive else name) + sentence[match.end() :]
 
 
 def cloze_question(sentence: str, span: str, topic: str) -> str:
@@ -96,12 +114,13 @@ def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sente
     topic = subject(document.text)
     rng = random.Random(seed)
     pairs = [(f"Tell me about {topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
-    for sentence in sentences:
+    frequency = Counter(w.lower() for s in sentences for w in set(content_words(s)))
+    for sentence in (resolve_pronoun(s, topic) for s in sentences):
         pairs.append((f"What do you know about {topic}?", sentence))
         if os.environ.get("AUG") == "cloze":
             pairs += [(cloze_question(sentence, span, topic), sentence) for span in answer_spans(sentence, questions_per_sentence)]
         else:
-            pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng)]
+            pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng, frequency)]
     return pairs
 
 
