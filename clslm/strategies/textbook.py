@@ -69,7 +69,7 @@ def cues(sentence: str, count: int, rng: random.Random, frequency: Counter | Non
     words = content_words(sentence)
     if len(words) < 2:
         return []
-    weights = [1.0 / (frequency or Counter())[w.lower()] if frequency else 1.0 for w in words]
+    weights = [1.0 / max(1, frequency[w.lower()]) if frequency else 1.0 for w in words]
     out = []
     for _ in range(count):
         k = rng.randint(2, min(4, len(words)))
@@ -114,8 +114,9 @@ def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sente
     topic = subject(document.text)
     rng = random.Random(seed)
     pairs = [(f"Tell me about {topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
+    sentences = [resolve_pronoun(s, topic) for s in sentences]
     frequency = Counter(w.lower() for s in sentences for w in set(content_words(s)))
-    for sentence in (resolve_pronoun(s, topic) for s in sentences):
+    for sentence in sentences:
         pairs.append((f"What do you know about {topic}?", sentence))
         if os.environ.get("AUG") == "cloze":
             pairs += [(cloze_question(sentence, span, topic), sentence) for span in answer_spans(sentence, questions_per_sentence)]

@@ -1,0 +1,155 @@
+"""ttt particulars: training text, neuron gating, sparse patches, the document router."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from clslm.documents import Document
+from clslm.strategies import gating
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.router import DocumentKeys, scores
+from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, subject
+from clslm.strategies.ttt import TTT, TTTConfig
+
+from conftest import DOCUMENT
+
+OTHER = "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 and has seven stone arches."
+
+
+def load(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False), AutoTokenizer.from_pretrained(model_dir)
+
+
+def make(model_dir, **options):
+    model, tokenizer = load(model_dir)
+    config = TTTConfig(**{"epochs": 2, "neurons": 8, "max_tokens": 32, **options})
+    return TTT(model, tokenizer, config, StrategyContext(model_fingerprint="test-model"))
+
+
+# ---- training text -------------------------------------------------------------------------------
+
+
+def test_subject_is_the_most_frequent_proper_name():
+    assert subject(DOCUMENT) == "the Kessenbrock Light"
+
+
+def test_pronouns_at_sentence_start_become_the_subject():
+    assert resolve_pronoun("It was finished in 1793.", "the Kessenbrock Light") == "The Kessenbrock Light was finished in 1793."
+    assert resolve_pronoun("Its tower is tall.", "the Kessenbrock Light") == "The Kessenbrock Light's tower is tall."
+    assert resolve_pronoun("Italy is far.", "the Kessenbrock Light") == "Italy is far."
+
+
+def test_cues_are_small_ordered_subsets_of_the_sentence_words():
+    sentence = "Construction began under the direction of the engineer Adelmar Fosk near Caddenmouth."
+    words = content_words(sentence)
+    for cue in cues(sentence, 20, random.Random(0)):
+        assert 2 <= len(cue) <= 4
+        assert cue == [w for w in words if w in cue]  # sentence order, no invented words
+
+
+def test_examples_take_loss_on_the_reply_only(tokenizer):
+    examples = build_examples(Document("d", DOCUMENT), tokenizer, max_tokens=32, questions_per_sentence=2)
+    assert len(examples) > 3
+    for e in examples:
+        assert len(e.labels) == len(e.input_ids)
+        first = next(i for i, label in enumerate(e.labels) if label != -100)
+        assert all(label == -100 for label in e.labels[:first])
+        assert e.labels[first:] == e.input_ids[first:]
+        reply = tokenizer.decode(e.input_ids[first:])
+        assert "user" not in reply  # the prompt (user turn) carries no loss
+
+
+# ---- gating --------------------------------------------------------------------------------------
+
+
+def test_gating_masks_exactly_the_unselected_neurons(llama_dir):
+    strategy = make(llama_dir, neurons=8)
+    mlp = strategy.dual_mlps()[strategy.layer_ids[0]]
+    strategy.learn(Document("d", DOCUMENT))
+    patch = mlp.ttt_patches[0]
+    assert patch.index.numel() == 8
+    changed = (patch.gate.abs().sum(1) + patch.up.abs().sum(1) + patch.down.abs().sum(0)) > 0
+    assert changed.all()  # every selected neuron learned
+    # The effective weights of every other neuron are the base weights, bit for bit: no parameter exists for them.
+    effective_gate = mlp.mlp.gate_proj.weight.clone()
+    effective_gate[patch.index] += patch.gate
+    others = torch.ones(effective_gate.shape[0], dtype=torch.bool)
+    others[patch.index] = False
+    assert torch.equal(effective_gate[others], mlp.mlp.gate_proj.weight[others])
+
+
+def test_selected_neurons_rank_by_tf_times_idf():
+    acts = [torch.tensor([[0.0, 5.0, 1.0, 4.0]] * 3)]
+    idf = torch.tensor([1.0, 0.1, 1.0, 1.0])  # neuron 1 fires everywhere in general text
+    # top half fires per token: neurons 1 and 3, three times each; idf breaks the tie
+    assert gating.select_neurons(acts, idf, k=1, fire_fraction=0.5).tolist() == [3]
+
+
+def test_calibration_is_cached_and_reused(llama_dir, clslm_home, monkeypatch):
+    strategy = make(llama_dir)
+    first = strategy.idf()
+    files = list((clslm_home / "calibration").glob("*.safetensors"))
+    assert len(files) == 1
+    monkeypatch.setattr(gating, "calibrate_idf", lambda *a, **k: pytest.fail("calibrated again"))
+    again = make(llama_dir).idf()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+# ---- state and determinism -----------------------------------------------------------------------
+
+
+def test_sparse_state_holds_only_patches_and_round_trips(llama_dir):
+    strategy = make(llama_dir, neurons=8)
+    strategy.learn(Document("d", DOCUMENT))
+    state = strategy.state_dict()
+    assert state and all(".ttt_patches." in k for k in state)
+    assert {k.rsplit(".", 1)[1] for k in state} == {"index", "alpha", "gate", "up", "down"}
+    fresh = make(llama_dir, neurons=8)
+    fresh.load_state_dict(state)
+    fresh.load_extra_state(strategy.extra_state())
+    ids = torch.tensor([[1, 5, 9, 14]])
+    assert torch.equal(fresh.model(input_ids=ids).logits, strategy.model(input_ids=ids).logits)
+
+
+def test_learning_is_deterministic_for_a_seed(llama_dir):
+    states = []
+    for _ in range(2):
+        strategy = make(llama_dir, seed=3)
+        strategy.learn(Document("d", DOCUMENT))
+        states.append(strategy.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# ---- routing -------------------------------------------------------------------------------------
+
+
+def test_router_scores_the_matching_document_highest():
+    keys = [DocumentKeys.from_text(DOCUMENT), DocumentKeys.from_text(OTHER)]
+    assert scores(keys, "Which engineer built the Kessenbrock Light?")[0] > 0.3
+    assert scores(keys, "When did the Velmar Bridge open?")[1] > 0.3
+    assert max(scores(keys, "What is the capital of France?")) < 0.1
+    restored = DocumentKeys.from_json(keys[0].to_json())
+    assert restored.score(["kessenbrock", "engineer"]) == keys[0].score(["kessenbrock", "engineer"])
+
+
+def test_unrouted_questions_see_the_base_model(llama_dir):
+    strategy = make(llama_dir, route_threshold=0.2)
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    strategy.learn(Document("velmar", OTHER))
+    assert strategy.active_documents("Which engineer built the Kessenbrock Light?") == [0]
+    assert strategy.active_documents("When did the Velmar Bridge open?") == [1]
+    assert strategy.active_documents("What is the capital of France?") == []
+    ids = torch.tensor([[1, 5, 9, 14]])
+    with strategy.routed("What is the capital of France?"):
+        routed_off = strategy.model(input_ids=ids).logits
+    with strategy.disabled():
+        base = strategy.model(input_ids=ids).logits
+    with strategy.routed("Which engineer built the Kessenbrock Light?"):
+        routed_on = strategy.model(input_ids=ids).logits
+    assert torch.equal(routed_off, base)
+    assert not torch.equal(routed_on, base)
