@@ -161,14 +161,19 @@ def _build_gguf_cache(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging
+
     print(f"clslm: converting {gguf.name} to safetensors once (about 20 s) → {target}", file=sys.stderr)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    logging.enable_progress_bar()  # the one slow load: show transformers' dequantization progress
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:
         raise ModelError(f"{gguf}: cannot read GGUF file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    finally:
+        logging.disable_progress_bar()
     # The weights are now plain fp32: drop the GGUF quantizer so save_pretrained writes ordinary safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
