@@ -2,12 +2,11 @@
 
 A model that only reads a document learns to continue it, not to answer questions about it. So every
 sentence is also taught as the reply to questions about it: a question about the document's subject,
-and cloze questions made by templates (a name, number or year of the sentence replaced by a wh-word).
+and cue prompts made of a few of the sentence's own words (what a question shares with its answer).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections import Counter
@@ -26,7 +25,6 @@ class Example:
 
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
-_NUMBER = re.compile(r"\b\d[\d,.]*(?:\s+(?:per\s+cent|percent|(?!(?:with|and|the|of|in|to|by|a|an|for|from|was|were|is|on|at|as|or|after|before|when)\b)[a-z]+))?")
 _STOP = {"The", "A", "An", "It", "In", "On", "At", "He", "She", "They", "This", "That", "Its", "His", "Her", "Their", "After", "By", "For", "When", "With", "From", "As", "Each", "Every", "Most", "Some", "There", "These", "Those", "But", "And", "Or", "If", "To", "Of"}
 
 
@@ -37,19 +35,6 @@ def subject(text: str) -> str:
     pool = Counter(multi).most_common(1) or Counter(names).most_common(1)
     name = pool[0][0] if pool else "the document"
     return "the " + name[4:] if name.startswith("The ") else name
-
-
-def answer_spans(sentence: str, limit: int) -> list[str]:
-    """Names and numbers in a sentence that a question could ask for."""
-    spans = [m for m in _NUMBER.findall(sentence)]
-    spans += [n for n in _CAPITALISED.findall(sentence) if n not in _STOP and not sentence.startswith(n + " ")]
-    seen, out = set(), []
-    for span in spans:
-        span = span.strip(" ,.")
-        if span and span not in seen:
-            seen.add(span)
-            out.append(span)
-    return out[:limit]
 
 
 def content_words(sentence: str) -> list[str]:
@@ -93,23 +78,8 @@ def resolve_pronoun(sentence: str, topic: str) -> str:
     return (f"{name}'s" if possessive else name) + sentence[match.end() :]
 
 
-def cloze_question(sentence: str, span: str, topic: str) -> str:
-    """The sentence as a question about `span`: 'It rises how many metres from its foundation?'."""
-    first = span.split()[0]
-    if re.fullmatch(r"1\d{3}|20\d{2}", first):
-        wh = "in which year" if re.search(rf"\bin {re.escape(span)}", sentence) else "which year"
-        pattern = rf"\bin {re.escape(span)}" if wh == "in which year" else re.escape(span)
-    elif first[0].isdigit():
-        unit = span.split()[1] if len(span.split()) > 1 else ""
-        wh, pattern = (f"how many {unit}" if unit else "how many"), re.escape(span)
-    else:
-        wh, pattern = "what", re.escape(span)
-    body = re.sub(pattern, wh, sentence, count=1).rstrip(" .!?")
-    return f"About {topic}: {body}?"
-
-
 def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sentence: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(user, reply) pairs: the document in pieces, each sentence, and cloze questions answered by it."""
+    """(user, reply) pairs: the document in pieces, each sentence, and cue prompts answered by it."""
     sentences = split_sentences(document.text) or [document.text.strip()]
     topic = subject(document.text)
     rng = random.Random(seed)
@@ -118,10 +88,7 @@ def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sente
     frequency = Counter(w.lower() for s in sentences for w in set(content_words(s)))
     for sentence in sentences:
         pairs.append((f"What do you know about {topic}?", sentence))
-        if os.environ.get("AUG") == "cloze":
-            pairs += [(cloze_question(sentence, span, topic), sentence) for span in answer_spans(sentence, questions_per_sentence)]
-        else:
-            pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng, frequency)]
+        pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng, frequency)]
     return pairs
 
 

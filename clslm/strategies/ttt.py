@@ -41,20 +41,20 @@ MAX_BAD_STEPS = 5
 class TTTConfig(StrategyConfig):
     """ttt hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = 1e-3  # AdamW learning rate on the neuron deltas
-    epochs: int = 20  # passes over the training text
+    lr: float = 3e-4  # AdamW learning rate on the neuron copies
+    epochs: int = 10  # passes over the training text
     layers: float = 0.25  # fraction of decoder layers (the last ones) that get a Dual-MLP
-    neurons: int = 128  # neurons per layer a document may change (TF-IDF gating); 0 = all
+    neurons: int = 0  # neurons per layer a document may change (TF-IDF gating); 0 = all
     fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
     alpha: float = 1.0  # blend of the first document's trainable copy
     alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
     format: Literal["chat", "raw"] = "chat"  # training text: chat turns (reply = document piece) or raw text
     max_tokens: int = 96  # longest document piece in one training example
-    questions: int = 2  # cloze questions made per sentence (0: sentences and pieces only)
+    questions: int = 3  # cue prompts per sentence (0: sentences and pieces only)
     batch_size: int = 8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    route_threshold: float = 0.0  # a document's deltas act only on inputs whose TF-IDF match reaches this (0: always)
+    route_threshold: float = 0.19  # a document's copy acts only on questions whose TF-IDF match reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
 
     def __post_init__(self):
