@@ -9,9 +9,11 @@ from .errors import StrategyNotImplemented, UnknownStrategy
 
 BUILTIN = {
     "ttt": "clslm.strategies.ttt:TTT",
+    "jitrl-mvp": "clslm.strategies.jitrl:JitrlMVP",
+    "jitrl-full": "clslm.strategies.jitrl:JitrlFull",
 }
 # Reserved names whose implementation has not landed yet: they error clearly instead of "unknown".
-PLANNED = {"ttt-linear", "jitrl-mvp", "jitrl-full", "ace", "doc2lora"}
+PLANNED = {"ttt-linear", "ace", "doc2lora"}
 _registered: dict[str, type] = {}
 
 

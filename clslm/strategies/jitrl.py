@@ -1,0 +1,395 @@
+"""jitrl — learning that acts only while answering (after JitRL, arXiv 2601.18510).
+
+Neither strategy changes a weight: the model's forward pass is the base model's, and what was learned
+reaches the answer through the prompt and through LogitsProcessors, which `disabled()` switches off.
+
+- `jitrl-mvp` keeps each document as token-bounded chunks. A question retrieves the best chunks by
+  TF-IDF; they go above the question within a token budget (the question is never cut), and tokens that
+  occur in them get a bounded logit bias.
+- `jitrl-full` keeps a store of (hidden state at one decoder layer, the token that followed) read off
+  each document. At every generated token the current hidden state is compared with the store; the
+  next tokens of close matches are rewarded in the logits (a kNN-LM-like modulation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+from ..documents import Document, chunk_spans, split_sentences
+from ..errors import InputError
+from ..generation import chat_prompt, count_tokens, user_message
+from .anatomy import decoder_layers
+from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .gating import general_corpus
+
+MAX_BIAS = 5.0
+# Softmax temperature over cosine similarities: sharp enough that the closest states dominate, soft
+# enough that several matches agreeing on one next token add up.
+TEMPERATURE = 0.1
+WINDOW, WINDOW_OVERLAP = 1024, 128  # documents are read in windows of this many tokens
+KEYS, NEXT, CENTER, META = "jitrl_keys", "jitrl_next", "jitrl_center", "jitrl_meta"
+
+
+def _report(document: Document, tokenizer, start: float, **extra) -> LearnReport:
+    tokens = len(tokenizer(document.text, add_special_tokens=False)["input_ids"])
+    seconds = round(time.perf_counter() - start, 2)
+    return LearnReport(document.name, document.sha256, tokens, None, None, seconds, extra)
+
+
+# ---- jitrl-mvp ---------------------------------------------------------------------------------
+
+
+@dataclass
+class JitrlMVPConfig(StrategyConfig):
+    """jitrl-mvp options (-o KEY=VALUE)."""
+
+    k: int = 3  # chunks retrieved per question
+    chunk_tokens: int = 128  # longest chunk, in model tokens
+    overlap: int = 32  # tokens a chunk shares with the previous one
+    bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
+    budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
+
+    def __post_init__(self):
+        self.check(self.k >= 1, "k must be >= 1")
+        self.check(self.chunk_tokens >= 8, "chunk_tokens must be >= 8")
+        self.check(0 <= self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
+        self.check(0 <= self.bias <= MAX_BIAS, f"bias must be in [0, {MAX_BIAS}]")
+        self.check(self.budget >= 1, "budget must be >= 1")
+
+
+def split_chunks(tokenizer, text: str, size: int, overlap: int) -> list[str]:
+    """Whole sentences packed into chunks of at most `size` tokens; each chunk starts with the previous
+    chunk's last sentences, up to `overlap` tokens. A sentence over `size` tokens is cut into windows."""
+    pieces = [p for s in split_sentences(text) for p in _windows(tokenizer, s, size, overlap)]
+    lengths = [count_tokens(tokenizer, " " + p) for p in pieces]  # as they appear inside a chunk
+    chunks, current = [], []
+    for i, n in enumerate(lengths):
+        if current and sum(lengths[j] for j in current) + n > size:
+            chunks.append(current)
+            current = _tail(current, lengths, min(overlap, size - n))
+        current.append(i)
+    return [" ".join(pieces[j] for j in chunk) for chunk in [*chunks, current] if chunk]
+
+
+def _windows(tokenizer, sentence: str, size: int, overlap: int) -> list[str]:
+    offsets = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= size:
+        return [sentence]
+    return [sentence[offsets[s][0] : offsets[e - 1][1]].strip() for s, e in chunk_spans(len(offsets), size, overlap)]
+
+
+def _tail(indices: list[int], lengths: list[int], room: int) -> list[int]:
+    """The last of `indices` whose lengths add up to at most `room`."""
+    tail: list[int] = []
+    for j in reversed(indices):
+        if sum(lengths[t] for t in tail) + lengths[j] > room:
+            break
+        tail.insert(0, j)
+    return tail
+
+
+def _after_overlap(previous: str, text: str) -> str:
+    """`text` without the sentences it repeats from the end of `previous` (chunk overlap)."""
+    for cut in range(len(text), 0, -1):
+        if text[cut - 1] in ".!?\"')" and previous.endswith(text[:cut]):
+            return text[cut:].strip()
+    return text
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+class TokenBias(LogitsProcessor):
+    """Adds `bias` (at most MAX_BIAS) to the logits of a fixed set of token ids."""
+
+    def __init__(self, ids: torch.Tensor, bias: float):
+        self.ids, self.bias = ids, min(float(bias), MAX_BIAS)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.ids.to(scores.device)] += self.bias
+        return scores
+
+
+class JitrlMVP(Strategy):
+    """TF-IDF retrieval of document chunks into the prompt, plus a bounded bias toward their tokens."""
+
+    name = "jitrl-mvp"
+    Config = JitrlMVPConfig
+    paper = "2601.18510"
+    summary = "retrieves TF-IDF-ranked document chunks into the prompt, with a bounded logit bias toward their tokens"
+
+    def attach(self) -> None:
+        self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}
+        self._index = None  # (vectorizer, chunk matrix), fitted at the first question
+
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        start = time.perf_counter()
+        texts = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, self.config.overlap)
+        self.chunks += [{"document": document.name, "text": t} for t in texts]
+        self._index = None
+        on_step(Step(1, 1, phase="chunk"))
+        return _report(document, self.tokenizer, start, chunks=len(texts))
+
+    # ---- retrieval -----------------------------------------------------------------------------
+    def _fitted(self):
+        if self._index is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
+            try:
+                self._index = (vectorizer, vectorizer.fit_transform([c["text"] for c in self.chunks]))
+            except ValueError:  # the chunks hold nothing but stop words
+                self._index = (None, None)
+        return self._index
+
+    def retrieve(self, question: str) -> list[int]:
+        """Indices of the k chunks most similar to the question (cosine > 0), best first."""
+        if not self.chunks:
+            return []
+        vectorizer, matrix = self._fitted()
+        if vectorizer is None:
+            return []
+        scores = (matrix @ vectorizer.transform([question]).T).toarray().ravel()
+        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: self.config.k]
+        return [i for i in ranked if scores[i] > 0]
+
+    def selected(self, question: str) -> list[int]:
+        """Retrieved chunks that fit in the budget beside the whole question, in document order."""
+        budget = self.config.budget
+        n = count_tokens(self.tokenizer, question)
+        if n > budget:
+            raise InputError(f"jitrl-mvp: the question is {n} tokens, over the budget of {budget}; the question is never cut, so raise -o budget")
+        chosen: list[int] = []
+        for i in self.retrieve(question):
+            trial = sorted(chosen + [i])
+            if count_tokens(self.tokenizer, user_message(question, self._join(trial))) <= budget:
+                chosen = trial
+        return chosen
+
+    def _join(self, indices: list[int]) -> str:
+        texts = []
+        for prev, i in zip([None, *indices], indices):
+            text = self.chunks[i]["text"]
+            if prev == i - 1 and self.chunks[prev]["document"] == self.chunks[i]["document"]:
+                texts[-1] += " " + _after_overlap(self.chunks[prev]["text"], text)  # adjacent chunks: read on
+            else:
+                texts.append(text)
+        return "\n\n".join(t.strip() for t in texts)
+
+    # ---- answering -----------------------------------------------------------------------------
+    def prompt_context(self, question: str) -> str:
+        return self._join(self.selected(question))
+
+    def logits_processors(self, question: str) -> list:
+        context = self.prompt_context(question)
+        if not context or self.config.bias == 0:
+            return []
+        ids = set(self.tokenizer(context, add_special_tokens=False)["input_ids"])
+        # Stop tokens get the bias too: otherwise every chunk token gains on them and answers ramble on.
+        ids |= stop_ids(self.model, self.tokenizer)
+        return [TokenBias(torch.tensor(sorted(ids), device=self.model.device), self.config.bias)]
+
+    # ---- state ---------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"chunks": self.chunks} if self.chunks else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        chunks = state.get("chunks", [])
+        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
+            raise InputError("jitrl-mvp: saved chunks are malformed")
+        self.chunks, self._index = list(chunks), None
+
+    def describe(self) -> dict:
+        return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}
+
+
+# ---- jitrl-full --------------------------------------------------------------------------------
+
+
+@dataclass
+class JitrlFullConfig(StrategyConfig):
+    """jitrl-full options (-o KEY=VALUE)."""
+
+    layer: float = 0.75  # decoder layer whose output states are stored, as a share of depth (0 first, 1 last)
+    k: int = 16  # nearest stored states looked at per generated token
+    threshold: float = 0.8  # least cosine similarity (of centered states) for a stored state to count
+    strength: float = 20.0  # most logit bonus one step can give (all matches agreeing, similarity 1)
+    max_store: int = 50_000  # most (state, next token) rows kept; the oldest go first
+    dim: int = 0  # random projection of the states to this width (0: the model's width)
+
+    def __post_init__(self):
+        self.check(0 <= self.layer <= 1, "layer must be in [0, 1]")
+        self.check(self.k >= 1, "k must be >= 1")
+        self.check(-1 <= self.threshold <= 1, "threshold must be in [-1, 1]")
+        self.check(self.strength >= 0, "strength must be >= 0")
+        self.check(self.max_store >= 1, "max_store must be >= 1")
+        self.check(self.dim >= 0, "dim must be >= 0")
+
+
+class StoreReward(LogitsProcessor):
+    """Adds the store's reward for the hidden state the layer hook saw last."""
+
+    def __init__(self, strategy: "JitrlFull"):
+        self.strategy = strategy
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        hidden = self.strategy.last_hidden()
+        delta = None if hidden is None else self.strategy.modulation(hidden, scores.shape[-1])
+        return scores if delta is None else scores + delta.to(scores.dtype)
+
+
+class JitrlFull(Strategy):
+    """A store of (hidden state, next token) pairs from the documents, rewarding matched next tokens."""
+
+    name = "jitrl-full"
+    Config = JitrlFullConfig
+    paper = "2601.18510"
+    summary = "stores the documents' hidden states with their next tokens; at each step rewards the next tokens of similar states"
+
+    def attach(self) -> None:
+        layers = decoder_layers(self.model)
+        self.layer_index = round(self.config.layer * (len(layers) - 1))
+        width = self.model.get_input_embeddings().embedding_dim
+        self.config.check(self.config.dim < width, f"dim must be < the model's width {width} (0: no projection)")
+        self.projection = self._projection(width)
+        self.keys = torch.empty(0, self.config.dim or width, dtype=torch.float16)
+        self.next_ids = torch.empty(0, dtype=torch.long)
+        self.center: torch.Tensor | None = None  # made at the first learn, saved with the store
+        self._search = None  # (keys in float32 on the model's device, next ids there), made at the first ask
+        self._hidden = None
+        # Records only: the layer's output is passed on unchanged, so the forward is the base model's.
+        layers[self.layer_index].register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output) -> None:
+        self._hidden = (output[0] if isinstance(output, tuple) else output).detach()
+
+    def _projection(self, width: int) -> torch.Tensor | None:
+        if not self.config.dim:
+            return None
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return torch.randn(width, self.config.dim, generator=generator) / math.sqrt(self.config.dim)
+
+    def key(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., width] as store keys: direction minus the center, projected (with dim),
+        L2-normalised, float32."""
+        h = torch.nn.functional.normalize(hidden.float(), dim=-1)
+        if self.center is not None:
+            h = h - self.center.to(h.device)
+        if self.projection is not None:
+            h = h @ self.projection.to(h.device)
+        return torch.nn.functional.normalize(h, dim=-1)
+
+    def last_hidden(self) -> torch.Tensor | None:
+        """The layer's output at the last position of the latest forward pass, [batch, width]."""
+        return None if self._hidden is None else self._hidden[:, -1]
+
+    # ---- learning ------------------------------------------------------------------------------
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        start = time.perf_counter()
+        if self.center is None:
+            self.center = self._general_center()
+        # The tokenizer's own framing of plain text (BOS for Llama/Gemma): the states the model expects.
+        ids = self.tokenizer(document.text, return_tensors="pt")["input_ids"][0]
+        spans = chunk_spans(len(ids), WINDOW, WINDOW_OVERLAP)
+        keys, nexts = [], []
+        for step, (s, e) in enumerate(spans, 1):
+            hidden = self._read(ids[s:e])
+            lo = s if s == 0 else s + WINDOW_OVERLAP  # positions before lo were stored from the previous window
+            hi = min(e, len(ids) - 1)  # the last token has no next token
+            keys.append(self.key(hidden[lo - s : hi - s]).half().cpu())
+            nexts.append(ids[lo + 1 : hi + 1])
+            on_step(Step(step, len(spans), phase="read"))
+        self._hidden = None
+        added = sum(len(n) for n in nexts)
+        dropped = self._append(torch.cat(keys), torch.cat(nexts))
+        return _report(document, self.tokenizer, start, rows=added, store_rows=len(self.next_ids), dropped=dropped, layer=self.layer_index)
+
+    def _general_center(self) -> torch.Tensor:
+        """Mean direction of the layer's states on everyday chat prompts (clslm's general corpus).
+
+        A layer's states share a large common direction: unrelated ones are ~0.7 cosine-similar on
+        SmolLM2. Measured from that mean, states of document questions and of general questions
+        separate far better, so the threshold can keep general answers untouched.
+        """
+        states = []
+        for line in general_corpus():
+            ids = self.tokenizer(chat_prompt(self.tokenizer, line), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            states.append(torch.nn.functional.normalize(self._read(ids).float(), dim=-1).cpu())
+        return torch.cat(states).mean(0)
+
+    def _read(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.model(input_ids=ids[None].to(self.model.device), use_cache=False, logits_to_keep=1)
+        return self._hidden[0]
+
+    def _append(self, keys: torch.Tensor, nexts: torch.Tensor) -> int:
+        """Add rows to the store, keeping the newest max_store; returns how many were dropped."""
+        keys, nexts = torch.cat([self.keys, keys]), torch.cat([self.next_ids, nexts])
+        dropped = max(0, len(nexts) - self.config.max_store)
+        self.keys, self.next_ids = keys[dropped:].contiguous(), nexts[dropped:].contiguous()
+        self._search = None
+        return dropped
+
+    # ---- answering -----------------------------------------------------------------------------
+    def logits_processors(self, question: str) -> list:
+        return [StoreReward(self)] if len(self.next_ids) and self.config.strength > 0 else []
+
+    def _store(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._search is None:
+            device = self.model.device
+            self._search = (self.keys.to(device, torch.float32), self.next_ids.to(device))
+        return self._search
+
+    def modulation(self, hidden: torch.Tensor, vocab: int) -> torch.Tensor | None:
+        """strength · reward per next token for hidden states [batch, width]; None when nothing matches.
+
+        reward[v] = Σ over the top-k stored states with similarity ≥ threshold that were followed by v of
+        softmax(similarity / TEMPERATURE) · similarity, so a step's rewards sum to at most 1.
+        """
+        keys, nexts = self._store()
+        if not len(keys):
+            return None
+        sims = self.key(hidden) @ keys.T  # [batch, rows]: one matrix product per step
+        top, index = sims.topk(min(self.config.k, len(keys)), dim=-1)
+        keep = top >= self.config.threshold
+        if not keep.any():
+            return None
+        weights = torch.softmax(top.masked_fill(~keep, -math.inf) / TEMPERATURE, dim=-1)
+        weights = torch.where(keep, weights, 0.0)  # rows with no match are all NaN before this
+        reward = torch.zeros(len(hidden), vocab, device=keys.device).scatter_add_(1, nexts[index], weights * top)
+        return self.config.strength * reward
+
+    # ---- state ---------------------------------------------------------------------------------
+    def _meta(self) -> torch.Tensor:
+        # The projection is made from the seed: a store is only valid with the same layer, width and seed.
+        return torch.tensor([self.layer_index, self.keys.shape[1], self.config.seed if self.config.dim else 0])
+
+    def state_dict(self) -> dict:
+        if not len(self.next_ids):
+            return {}
+        return {KEYS: self.keys, NEXT: self.next_ids, CENTER: self.center, META: self._meta()}
+
+    def load_state_dict(self, tensors: dict) -> None:
+        if set(tensors) != {KEYS, NEXT, CENTER, META}:
+            raise InputError(f"jitrl-full: saved state holds {sorted(tensors)}, not the store {sorted([KEYS, NEXT, CENTER, META])}")
+        keys, nexts, center, meta = tensors[KEYS], tensors[NEXT], tensors[CENTER], tensors[META]
+        if not torch.equal(meta.long(), self._meta()):
+            raise InputError(
+                f"jitrl-full: the store was read at layer {int(meta[0])} with width {int(meta[1])}; the options now give "
+                f"layer {self.layer_index}, width {self.keys.shape[1]} (reset the session to change layer, dim or seed)"
+            )
+        if keys.ndim != 2 or nexts.shape != (keys.shape[0],) or center.shape != (self.model.get_input_embeddings().embedding_dim,):
+            raise InputError("jitrl-full: saved store has inconsistent shapes")
+        self.keys, self.next_ids, self.center, self._search = keys.half(), nexts.long(), center.float(), None
+
+    def describe(self) -> dict:
+        return {"rows": len(self.next_ids), "layer": self.layer_index, "width": self.keys.shape[1], "mb": round(self.keys.nbytes / 1e6, 2)}
