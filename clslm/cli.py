@@ -256,6 +256,9 @@ def interactive(
         run_repl(s, first_document=path, console=out, errors=err, max_new_tokens=max_new_tokens)
 
 
+from . import cli_bench  # noqa: E402,F401  registers `bench` and `compare` on app
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with documented exit codes (CLSLM_DEBUG=1 shows tracebacks)."""
     usage_errors, aborts = _cli_exceptions()

@@ -1,0 +1,59 @@
+"""The machine a benchmark ran on: peak memory of this process, hardware and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, MB (None where getrusage is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6, 1)
+
+
+def machine_info(device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
+    """What a benchmark figure depends on: CPU, threads, device and dtype, library versions, date."""
+    import datetime as dt
+
+    import torch
+    import transformers
+
+    from .models import pick_device, pick_dtype
+
+    device = pick_device(device)
+    info = {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "dtype": str(pick_dtype(dtype, device)).removeprefix("torch."),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "clslm": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,330 @@
+"""`clslm bench` / `clslm compare` and the library under them, on tiny random models.
+
+Random models answer nothing right, so these tests check the arithmetic, the shape of every output and
+that both modes run to the end; the slow test at the bottom checks real learning on the default model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from clslm.bench import BenchSettings, Unavailable, forgetting, gain_recovery, run_bench, run_compare
+from clslm.benchdata import bundled, load_facts, load_general
+from clslm.cli import main
+from clslm.errors import InputError
+
+from conftest import DOCUMENT, USER_CLSLM_HOME
+
+TTT_FAST = {"epochs": "2", "neurons": "8", "max_tokens": "32"}
+TTT_FAST_CLI = [arg for key, value in TTT_FAST.items() for arg in ("-o", f"{key}={value}")]
+BENCH_KEYS = {
+    "strategy", "model", "mode", "docs", "questions", "accuracy", "f1", "gain_recovery", "general", "forgetting", "retention",
+    "learn_seconds", "learn_seconds_per_1k_tokens", "ask_seconds_mean", "peak_rss_mb", "state_mb_per_doc", "machine",
+}  # fmt: skip
+SECOND_DOCUMENT = "Ulla Brenning founded the Tamsford Rowing Club in 1911. The club rows on the Orle estuary every spring."
+FACTS = [
+    {"id": "kess", "title": "Kessenbrock Light", "document": DOCUMENT, "qa": [
+        {"question": "Who built the Kessenbrock Light?", "answers": ["Adelmar Fosk", "Fosk"]},
+        {"question": "How many steps lead to the gallery?", "answers": ["214", "two hundred and fourteen"]},
+    ]},
+    {"id": "rowing", "title": "Tamsford Rowing Club", "document": SECOND_DOCUMENT, "qa": [
+        {"question": "Who founded the Tamsford Rowing Club?", "answers": ["Ulla Brenning"]},
+        {"question": "Where does the club row?", "answers": ["Orle estuary", "the Orle"]},
+    ]},
+]  # fmt: skip
+GENERAL = [
+    {"id": "g1", "question": "What is the capital of France?", "answers": ["Paris"]},
+    {"id": "g2", "question": "How many legs does a spider have?", "answers": ["8", "eight"]},
+    {"id": "g3", "question": "What colour is the sky on a clear day?", "answers": ["blue"]},
+]
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def facts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "facts.jsonl", FACTS)
+
+
+@pytest.fixture
+def general_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "general.jsonl", GENERAL)
+
+
+def run(capfd, *args) -> tuple[int, str, str]:
+    """main(args) → (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def tiny_args(model_dir: Path) -> list:
+    return ["--model", model_dir, "--device", "cpu", "--max-new-tokens", "8", "--general-max-new-tokens", "4"]
+
+
+def tiny_settings(model_dir: Path, mode: str = "sequential") -> BenchSettings:
+    return BenchSettings(model=str(model_dir), mode=mode, max_new_tokens=8, general_max_new_tokens=4, device="cpu")
+
+
+# ---- arithmetic ------------------------------------------------------------------------------------
+def test_gain_recovery():
+    assert gain_recovery(base=0.1, in_context=0.5, learned=0.3) == pytest.approx(0.5)
+    assert gain_recovery(base=0.1, in_context=0.5, learned=0.6) == pytest.approx(1.25)  # learning can beat reading
+    assert gain_recovery(base=0.2, in_context=0.5, learned=0.1) == pytest.approx(-1 / 3)
+    assert gain_recovery(base=0.3, in_context=0.3, learned=0.4) is None  # reading gains nothing: undefined
+
+
+def test_forgetting():
+    assert forgetting(before=0.5, after=0.45) == pytest.approx(0.1)
+    assert forgetting(before=0.5, after=0.55) == pytest.approx(-0.1)  # improved
+    assert forgetting(before=0.5, after=0.5) == 0
+    assert forgetting(before=0.0, after=0.0) is None
+    assert forgetting(before=None, after=None) is None
+
+
+# ---- data sets -------------------------------------------------------------------------------------
+def test_bundled_dev_sets_load():
+    facts, general = load_facts(), load_general()
+    assert len(facts) == 12 and all(len(d.qa) == 8 for d in facts)
+    assert len(general) == 200
+    assert bundled("facts-dev.jsonl").is_file()
+
+
+def test_sets_load_with_blank_lines_and_optional_title(tmp_path):
+    no_title = {k: v for k, v in FACTS[1].items() if k != "title"}
+    docs = load_facts(write_jsonl(tmp_path / "f.jsonl", [FACTS[0], "", "   ", no_title]))
+    assert [d.id for d in docs] == ["kess", "rowing"] and docs[1].title == "rowing"
+    assert docs[0].qa[1].answers == ("214", "two hundred and fourteen")
+    assert [q.id for q in load_general(write_jsonl(tmp_path / "g.jsonl", GENERAL))] == ["g1", "g2", "g3"]
+
+
+def broken(record: dict, **changes) -> dict:
+    return {k: v for k, v in (record | changes).items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([FACTS[0], '{"id": "x", "document": ', FACTS[1]], "line 2: not valid JSON"),
+        ([FACTS[0], "", "[1, 2]"], "line 3: expected a JSON object"),
+        ([broken(FACTS[0], qa=None)], "line 1: missing field 'qa'"),
+        ([FACTS[0], broken(FACTS[1], qa=[])], "line 2: missing field 'qa'"),
+        ([broken(FACTS[0], document=None)], "line 1: missing field 'document'"),
+        ([broken(FACTS[0], id=None)], "line 1: missing field 'id'"),
+        ([broken(FACTS[0], qa=[{"question": "Who?"}])], "line 1, qa[1]: missing field 'answers'"),
+        ([broken(FACTS[0], qa=[{"question": "Who?", "answers": []}])], "line 1, qa[1]: missing field 'answers'"),
+        ([broken(FACTS[0], qa=[{"answers": ["x"]}])], "line 1, qa[1]: missing field 'question'"),
+        ([FACTS[0], FACTS[0]], "duplicate id 'kess'"),
+        ([], "empty"),
+        (["", "  "], "empty"),
+    ],
+)
+def test_bad_facts_files_name_the_line(tmp_path, lines, message):
+    path = write_jsonl(tmp_path / "facts.jsonl", lines)
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_facts(path)
+
+
+def test_bad_general_file(tmp_path):
+    with pytest.raises(InputError, match="line 2: missing field 'answers'"):
+        load_general(write_jsonl(tmp_path / "g.jsonl", [GENERAL[0], broken(GENERAL[1], answers="8")]))
+    with pytest.raises(InputError, match="no such file"):
+        load_general(tmp_path / "missing.jsonl")
+
+
+def test_cli_bad_facts_file_exits_3_naming_the_line(tmp_path, capfd):
+    path = write_jsonl(tmp_path / "facts.jsonl", [FACTS[0], "{oops"])
+    code, out, err = run(capfd, "bench", path, "--json")
+    assert code == 3 and out == ""
+    assert f"{path}, line 2: not valid JSON" in err and "Traceback" not in err
+    code, _, err = run(capfd, "compare", write_jsonl(tmp_path / "empty.jsonl", []), "--strategies", "ttt")
+    assert code == 3 and "empty" in err
+
+
+def test_cli_usage_errors(capfd, facts_file):
+    code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt,nope")
+    assert code == 2 and "nope" in err
+    code, _, err = run(capfd, "bench", facts_file, "--strategy", "nope")
+    assert code == 2 and "nope" in err
+    code, _, err = run(capfd, "bench", facts_file, "--mode", "sideways")
+    assert code == 2
+
+
+def test_cli_unimplemented_strategy_and_bad_option_fail_before_any_work(capfd, facts_file):
+    code, _, err = run(capfd, "bench", facts_file, "--strategy", "ace", "--model", "/no/such/model")
+    assert code == 3 and "not implemented" in err
+    code, _, err = run(capfd, "bench", facts_file, "-o", "nope=1", "--model", "/no/such/model")
+    assert code == 3 and "unknown option 'nope'" in err
+    code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt", "-o", "ace.x=1")
+    assert code == 3 and "'ace' is not one of --strategies" in err
+
+
+# ---- running -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["sequential", "independent"])
+def test_run_bench_both_modes(model_dir, facts_file, general_file, mode):
+    phases = []
+    result = run_bench(
+        "ttt", load_facts(facts_file), load_general(general_file), tiny_settings(model_dir, mode), TTT_FAST,
+        progress=lambda phase, done, total: phases.append((phase, done, total)),
+    )  # fmt: skip
+    data = asdict(result)
+    assert set(data) == BENCH_KEYS
+    assert (data["strategy"], data["mode"], data["docs"], data["questions"]) == ("ttt", mode, 2, 4)
+    for key in ("accuracy", "f1"):
+        assert set(data[key]) == {"base", "in_context", "learned"} and all(0 <= v <= 1 for v in data[key].values())
+    assert set(data["general"]) == {"questions", "before", "after", "nll_before", "nll_after"}
+    assert data["general"]["questions"] == 3 and data["general"]["nll_before"] > 0 and data["general"]["nll_after"] > 0
+    assert set(data["retention"]) == {"first_doc_right_after", "first_doc_after_all"}
+    assert data["retention"]["first_doc_right_after"] is not None
+    assert (data["retention"]["first_doc_after_all"] is None) == (mode == "independent")
+    assert data["learn_seconds"] > 0 and data["learn_seconds_per_1k_tokens"] > 0 and data["ask_seconds_mean"] > 0
+    assert data["state_mb_per_doc"] > 0 and data["peak_rss_mb"] > 0
+    assert {"cpu", "cpu_count", "device", "dtype", "torch", "clslm", "date"} <= set(data["machine"])
+    assert [(r.doc_id, r.question) for r in result.rows] == [(d["id"], qa["question"]) for d in FACTS for qa in d["qa"]]
+    assert sum(r.learned_hit for r in result.rows) / 4 == data["accuracy"]["learned"]
+    names = [p for p, _, _ in phases]
+    assert {"base", "in context", "general before", "ttt: general after"} <= set(names)
+    assert phases[-1][1] == phases[-1][2]  # the last bar ends full
+
+
+def test_cli_bench_json_and_out(llama_dir, facts_file, general_file, tmp_path, capfd):
+    out_dir = tmp_path / "results"
+    code, out, err = run(capfd, "bench", facts_file, "--general", general_file, *tiny_args(llama_dir), *TTT_FAST_CLI, "--out", out_dir, "--json")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"--json prints exactly one JSON object: {out!r}"
+    data = json.loads(lines[0])
+    assert set(data) == BENCH_KEYS and data["docs"] == 2 and data["general"]["questions"] == 3
+    assert json.loads((out_dir / "result.json").read_text()) == data
+    with open(out_dir / "questions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]["doc_id"] == "kess" and rows[0]["answers"] == "Adelmar Fosk | Fosk"
+    assert {"base", "in_context", "learned", "base_hit", "in_context_hit", "learned_hit"} <= set(rows[0])
+
+
+def test_cli_bench_human_output(llama_dir, facts_file, capfd):
+    code, out, err = run(capfd, "bench", facts_file, "--docs", "1", "--general-questions", "0", *tiny_args(llama_dir), *TTT_FAST_CLI)
+    assert code == 0, err
+    for word in ("base", "in_context", "learned", "gain recovery", "retention", "forgetting", "s/1k tokens", "MB/doc", "1 document,"):
+        assert word in out
+
+
+def test_compare_shares_the_reference_and_reports_missing_strategies(llama_dir, facts_file, general_file):
+    phases = set()
+    comparison = run_compare(
+        ["ttt", "ace"], load_facts(facts_file)[:1], load_general(general_file), tiny_settings(llama_dir),
+        {"ttt": TTT_FAST}, progress=lambda phase, done, total: phases.add((phase, done, total)),
+    )  # fmt: skip
+    assert [e.strategy for e in comparison.strategies] == ["ttt", "ace"]
+    ttt, ace = comparison.strategies
+    assert isinstance(ace, Unavailable) and ace.status == "not implemented"
+    assert ttt.accuracy["base"] == comparison.reference["accuracy"]["base"]
+    assert ttt.general["before"] == comparison.reference["general"]["before"]
+    assert sum(1 for p, done, _ in phases if p == "base" and done == 0) == 1  # computed once
+
+
+def test_compare_reports_a_failing_strategy_and_goes_on(llama_dir, facts_file):
+    from clslm import registry
+    from clslm.strategies.base import Strategy
+
+    class Broken(Strategy):
+        name = "broken-for-bench-test"
+
+        def learn(self, document, on_step=None):
+            raise RuntimeError("boom")
+
+    registry.register(Broken)
+    try:
+        comparison = run_compare([Broken.name, "ttt"], load_facts(facts_file)[:1], [], tiny_settings(llama_dir), {"ttt": TTT_FAST})
+    finally:
+        registry.unregister(Broken.name)
+    broken, ttt = comparison.strategies
+    assert isinstance(broken, Unavailable) and (broken.status, broken.message) == ("failed", "RuntimeError: boom")
+    assert ttt.strategy == "ttt" and ttt.general["questions"] == 0 and ttt.forgetting is None
+
+
+def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp_path, capfd):
+    args = ["compare", facts_file, "--strategies", "ttt, ace,ttt", "--docs", "1", "--general", general_file, *tiny_args(llama_dir)]
+    args += ["-o", "ttt.epochs=2", "-o", "ttt.neurons=8", "-o", "ttt.max_tokens=32"]
+    code, out, err = run(capfd, *args, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data) == {"model", "mode", "docs", "questions", "reference", "strategies", "machine"}
+    assert [s["strategy"] for s in data["strategies"]] == ["ttt", "ace"]
+    assert set(data["strategies"][0]) == BENCH_KEYS
+    assert data["strategies"][1] == {"strategy": "ace", "status": "not implemented", "message": data["strategies"][1]["message"]}
+
+    plot = tmp_path / "compare.png"
+    code, out, err = run(capfd, *args, "--markdown", "--plot", plot)
+    assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| setting | accuracy | F1 | gain recovery |") and len(table) == 2 + 4  # header, rule, 4 rows
+    assert any(line.startswith("| `ace` | not implemented |") for line in table)
+    assert "Model `" in out
+
+    code, out, err = run(capfd, *args[:-4], "--general-questions", "0")
+    assert code == 0, err
+    assert "not implemented" in out and "in_context" in out and "learn" in out
+
+
+def test_answer_nll_stepwise_matches_one_pass(llama_dir):
+    """With logits processors the answer is scored token by token; a no-op processor changes nothing."""
+    import torch
+
+    from clslm.likelihood import answer_nll
+    from clslm.models import load_model, resolve_model
+
+    model, tokenizer = load_model(resolve_model(str(llama_dir)), device="cpu")
+    one_pass = answer_nll(model, tokenizer, "Who built it?", "Adelmar Fosk")
+    stepwise = answer_nll(model, tokenizer, "Who built it?", "Adelmar Fosk", logits_processors=[lambda ids, scores: scores])
+    assert stepwise == pytest.approx(one_pass, abs=1e-4) and one_pass > 0
+
+    target = tokenizer("Adelmar Fosk", add_special_tokens=False)["input_ids"]
+
+    def favour(ids, scores):
+        scores = scores.clone()
+        scores[:, target] += 20.0
+        return scores
+
+    assert answer_nll(model, tokenizer, "Who built it?", "Adelmar Fosk", logits_processors=[favour]) < one_pass
+    assert answer_nll(model, tokenizer, "Who built it?", "") == 0.0
+    assert torch.is_grad_enabled()  # scoring leaves no no_grad behind
+
+
+# ---- the real default model (slow) -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_ttt_on_the_default_model(tmp_path):
+    """`clslm bench --strategy ttt --docs 2 --general-questions 30 --json`: the JSON fields, and learned > base."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLSLM_") and k != "OMP_NUM_THREADS"}
+    if USER_CLSLM_HOME is not None:  # reuse the user's GGUF conversion and calibration cache
+        env["CLSLM_HOME"] = USER_CLSLM_HOME
+    script = Path(sys.executable).parent / "clslm"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "clslm"]
+    args = ["bench", "--strategy", "ttt", "--docs", "2", "--general-questions", "30", "--device", "cpu", "--json", "--out", str(tmp_path)]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=3600)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == BENCH_KEYS
+    assert (data["strategy"], data["mode"], data["docs"], data["questions"], data["general"]["questions"]) == ("ttt", "sequential", 2, 16, 30)
+    assert data["accuracy"]["learned"] > data["accuracy"]["base"], data
+    assert data["accuracy"]["in_context"] > data["accuracy"]["base"], data
+    assert data["gain_recovery"] is not None and data["gain_recovery"] > 0
+    assert data["forgetting"] is not None and data["general"]["nll_after"] is not None
+    assert data["retention"]["first_doc_right_after"] is not None and data["retention"]["first_doc_after_all"] is not None
+    assert (tmp_path / "questions.csv").is_file()
