@@ -11,9 +11,10 @@ BUILTIN = {
     "ttt": "clslm.strategies.ttt:TTT",
     "jitrl-mvp": "clslm.strategies.jitrl:JitrlMVP",
     "jitrl-full": "clslm.strategies.jitrl:JitrlFull",
+    "ace": "clslm.strategies.ace:Ace",
 }
 # Reserved names whose implementation has not landed yet: they error clearly instead of "unknown".
-PLANNED = {"ttt-linear", "ace", "doc2lora"}
+PLANNED = {"ttt-linear", "doc2lora"}
 _registered: dict[str, type] = {}
 
 
