@@ -317,14 +317,9 @@ def _answer_each(answer: Callable, items: list, phase: str, progress: Progress) 
 
 
 def _general_after(session, general, settings, phase, progress, trial: _Trial) -> None:
-    from .likelihood import answer_nll
-
     trial.general, _ = _answer_each(lambda g: session.ask(g.question, max_new_tokens=settings.general_max_new_tokens), general, phase, progress)
     strategy = session.strategy()
-    for g in general:
-        with strategy.routed(g.question):
-            context, processors = strategy.prompt_context(g.question), strategy.logits_processors(g.question)
-            trial.general_nll.append(answer_nll(strategy.model, strategy.tokenizer, g.question, g.answers[0], context=context, logits_processors=processors))
+    trial.general_nll = [strategy.answer_nll(g.question, g.answers[0]) for g in general]
 
 
 # ---- scoring -------------------------------------------------------------------------------------------

@@ -58,6 +58,15 @@ def clslm_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture
+def planned_strategy(monkeypatch) -> str:
+    """A reserved strategy name with no implementation yet, whatever has landed by now."""
+    from clslm import registry
+
+    monkeypatch.setattr(registry, "PLANNED", registry.PLANNED | {"future-strategy"})
+    return "future-strategy"
+
+
 def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

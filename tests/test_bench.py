@@ -165,8 +165,8 @@ def test_cli_usage_errors(capfd, facts_file):
     assert code == 2
 
 
-def test_cli_unimplemented_strategy_and_bad_option_fail_before_any_work(capfd, facts_file):
-    code, _, err = run(capfd, "bench", facts_file, "--strategy", "ace", "--model", "/no/such/model")
+def test_cli_unimplemented_strategy_and_bad_option_fail_before_any_work(capfd, facts_file, planned_strategy):
+    code, _, err = run(capfd, "bench", facts_file, "--strategy", planned_strategy, "--model", "/no/such/model")
     assert code == 3 and "not implemented" in err
     code, _, err = run(capfd, "bench", facts_file, "-o", "nope=1", "--model", "/no/such/model")
     assert code == 3 and "unknown option 'nope'" in err
@@ -224,15 +224,15 @@ def test_cli_bench_human_output(llama_dir, facts_file, capfd):
         assert word in out
 
 
-def test_compare_shares_the_reference_and_reports_missing_strategies(llama_dir, facts_file, general_file):
+def test_compare_shares_the_reference_and_reports_missing_strategies(llama_dir, facts_file, general_file, planned_strategy):
     phases = set()
     comparison = run_compare(
-        ["ttt", "ace"], load_facts(facts_file)[:1], load_general(general_file), tiny_settings(llama_dir),
+        ["ttt", planned_strategy], load_facts(facts_file)[:1], load_general(general_file), tiny_settings(llama_dir),
         {"ttt": TTT_FAST}, progress=lambda phase, done, total: phases.add((phase, done, total)),
     )  # fmt: skip
-    assert [e.strategy for e in comparison.strategies] == ["ttt", "ace"]
-    ttt, ace = comparison.strategies
-    assert isinstance(ace, Unavailable) and ace.status == "not implemented"
+    assert [e.strategy for e in comparison.strategies] == ["ttt", planned_strategy]
+    ttt, planned = comparison.strategies
+    assert isinstance(planned, Unavailable) and planned.status == "not implemented"
     assert ttt.accuracy["base"] == comparison.reference["accuracy"]["base"]
     assert ttt.general["before"] == comparison.reference["general"]["before"]
     assert sum(1 for p, done, _ in phases if p == "base" and done == 0) == 1  # computed once
@@ -258,16 +258,16 @@ def test_compare_reports_a_failing_strategy_and_goes_on(llama_dir, facts_file):
     assert ttt.strategy == "ttt" and ttt.general["questions"] == 0 and ttt.forgetting is None
 
 
-def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp_path, capfd):
-    args = ["compare", facts_file, "--strategies", "ttt, ace,ttt", "--docs", "1", "--general", general_file, *tiny_args(llama_dir)]
+def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp_path, capfd, planned_strategy):
+    args = ["compare", facts_file, "--strategies", f"ttt, {planned_strategy},ttt", "--docs", "1", "--general", general_file, *tiny_args(llama_dir)]
     args += ["-o", "ttt.epochs=2", "-o", "ttt.neurons=8", "-o", "ttt.max_tokens=32"]
     code, out, err = run(capfd, *args, "--json")
     assert code == 0, err
     data = json.loads(out)
     assert set(data) == {"model", "mode", "docs", "questions", "reference", "strategies", "machine"}
-    assert [s["strategy"] for s in data["strategies"]] == ["ttt", "ace"]
+    assert [s["strategy"] for s in data["strategies"]] == ["ttt", planned_strategy]
     assert set(data["strategies"][0]) == BENCH_KEYS
-    assert data["strategies"][1] == {"strategy": "ace", "status": "not implemented", "message": data["strategies"][1]["message"]}
+    assert data["strategies"][1] == {"strategy": planned_strategy, "status": "not implemented", "message": data["strategies"][1]["message"]}
 
     plot = tmp_path / "compare.png"
     code, out, err = run(capfd, *args, "--markdown", "--plot", plot)
@@ -275,7 +275,7 @@ def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table[0].startswith("| setting | accuracy | F1 | gain recovery |") and len(table) == 2 + 4  # header, rule, 4 rows
-    assert any(line.startswith("| `ace` | not implemented |") for line in table)
+    assert any(line.startswith(f"| `{planned_strategy}` | not implemented |") for line in table)
     assert "Model `" in out
 
     code, out, err = run(capfd, *args[:-4], "--general-questions", "0")

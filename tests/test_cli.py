@@ -203,13 +203,14 @@ def test_reset_confirmed_interactively(capfd, session, monkeypatch):
     assert manifest(session)["documents"] == []
 
 
-def test_strategies_json(capfd):
+def test_strategies_json(capfd, planned_strategy):
     rows = {row["name"]: row for row in run_json(capfd, "strategies")["strategies"]}
     assert {"ttt", "ttt-linear", "jitrl-mvp", "jitrl-full", "ace", "doc2lora"} <= set(rows)
     assert rows["ttt"]["available"] is True
     assert {"lr", "epochs", "layers", "alpha", "format", "seed"} <= set(rows["ttt"]["options"])
     assert rows["ttt"]["options"]["format"] == "chat"
-    assert rows["ace"]["available"] is False and rows["ace"]["options"] == {}
+    assert rows["ace"]["available"] is True and "llm_model" in rows["ace"]["options"]
+    assert rows[planned_strategy]["available"] is False and rows[planned_strategy]["options"] == {}
     code, out, _ = run(capfd, "strategies")
     assert code == 0 and "ttt" in out and "epochs=" in out
 

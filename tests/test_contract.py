@@ -7,6 +7,7 @@ holds only the question, and learning is deterministic for a seed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,8 +18,10 @@ from clslm import registry
 from clslm.documents import Document
 from clslm.errors import InputError, StrategyNotImplemented, UnknownStrategy
 from clslm.generation import generate
+from clslm.likelihood import answer_nll
 from clslm.models import load_model, resolve_model
 from clslm.session import Session
+from clslm.strategies.llm_client import LLMClient
 from clslm.strategies.base import LearnReport, Strategy, StrategyConfig, StrategyContext, config_from_dict, parse_options
 
 from conftest import DOCUMENT, GRADIENT_STRATEGIES, fast_options
@@ -34,11 +37,34 @@ def load(model_dir):
     return (*load_model(source, device="cpu", dtype="float32"), source)
 
 
+class CompetentLLM(LLMClient):
+    """ace's LLM as a capable model would act (a random tiny model writes noise that no question matches):
+    it drafts, finds the builder missing, and the Curator adds it as a bullet."""
+
+    label = "competent"
+
+    def chat(self, messages, *, schema=None):
+        if schema is None:
+            return "Q: How tall is the tower? A: 41 metres."
+        if "missing" in schema["properties"]:
+            return json.dumps({"missing": [FACT], "wrong": []})
+        return json.dumps({"operations": [{"op": "add", "id": "", "text": FACT}]})
+
+
+FACT = "The Kessenbrock Light was built by the engineer Adelmar Fosk."
+
+
+def build_strategy(name: str, model, tokenizer, source, config) -> Strategy:
+    strategy = registry.get(name)(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+    if name == "ace":
+        strategy.client = CompetentLLM()
+    return strategy
+
+
 def make_strategy(name: str, model_dir, **overrides) -> Strategy:
     model, tokenizer, source = load(model_dir)
-    cls = registry.get(name)
-    config = parse_options(cls.Config, fast_options(name) | overrides)
-    return cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+    config = parse_options(registry.get(name).Config, fast_options(name) | overrides)
+    return build_strategy(name, model, tokenizer, source, config)
 
 
 def probe_ids(tokenizer) -> torch.Tensor:
@@ -52,12 +78,25 @@ def logits(model, ids) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
+# What the strategy's answer path makes of a reply: weights, prompt context and logits processors all act here.
+REPLY = "Adelmar Fosk, in 1793."
+
+
+def reply_nll(strategy: Strategy) -> float:
+    return strategy.answer_nll(QUESTION, REPLY)
+
+
+def base_reply_nll(learned: "Learned") -> float:
+    return answer_nll(learned.base_model, learned.strategy.tokenizer, QUESTION, REPLY)
+
+
 @dataclass
 class Learned:
     strategy: Strategy
     report: LearnReport
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name → (the base tensor object, its value before)
     state_before: dict[str, torch.Tensor]
+    extra_before: dict
     base_model: torch.nn.Module  # a fresh load of the same model dir
     ids: torch.Tensor
 
@@ -73,12 +112,13 @@ def learned(strategy_name, model_dir) -> Learned:
     # Keep the base parameter/buffer objects themselves: wrappers may move them in the module tree
     # (ttt's DualMLP holds the original mlp), but they must stay the same tensors with the same values.
     originals = {n: (t, t.detach().clone()) for n, t in [*model.named_parameters(), *model.named_buffers()]}
-    cls = registry.get(strategy_name)
-    strategy = cls(model, tokenizer, parse_options(cls.Config, fast_options(strategy_name)), StrategyContext(model_fingerprint=source.fingerprint))
+    config = parse_options(registry.get(strategy_name).Config, fast_options(strategy_name))
+    strategy = build_strategy(strategy_name, model, tokenizer, source, config)
     state_before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    extra_before = strategy.extra_state()
     report = strategy.learn(Document(name="kessenbrock", text=DOCUMENT))
     base_model, _, _ = load(model_dir)
-    return Learned(strategy, report, originals, state_before, base_model, probe_ids(tokenizer))
+    return Learned(strategy, report, originals, state_before, extra_before, base_model, probe_ids(tokenizer))
 
 
 def test_every_reserved_name_is_known():
@@ -94,12 +134,19 @@ def test_attach_alone_keeps_the_base_model(strategy_name, model_dir):
 
 
 def test_learning_changes_the_state(learned):
-    after = learned.strategy.state_dict()
-    assert after, "a strategy that learned something has state to save"
+    strategy = learned.strategy
+    after = strategy.state_dict()
+    assert after or strategy.extra_state(), "a strategy that learned something has state to save"
     changed = set(after) != set(learned.state_before) or any(not torch.equal(after[k], learned.state_before[k]) for k in after)
-    assert changed
-    # ...and the learned state acts on the model.
-    assert not torch.equal(logits(learned.strategy.model, learned.ids), logits(learned.base_model, learned.ids))
+    assert changed or strategy.extra_state() != learned.extra_before
+    # ...and the learned state acts on the answer: through weights, prompt context or logits.
+    assert reply_nll(strategy) != base_reply_nll(learned)
+    if strategy_acts_on_weights(strategy):
+        assert not torch.equal(logits(strategy.model, learned.ids), logits(learned.base_model, learned.ids))
+
+
+def strategy_acts_on_weights(strategy: Strategy) -> bool:
+    return type(strategy).name in WEIGHT_STRATEGIES
 
 
 def test_learning_leaves_every_base_weight_bit_identical(learned):
@@ -134,10 +181,11 @@ def test_disabled_is_exactly_the_base_model(learned):
     with strategy.disabled():
         assert not strategy.enabled
         assert torch.equal(logits(strategy.model, ids), base_logits)
+        assert reply_nll(strategy) == base_reply_nll(learned)
         off = strategy.answer(QUESTION, max_new_tokens=6)
     # Switched back on afterwards.
     assert strategy.enabled
-    assert not torch.equal(logits(strategy.model, ids), base_logits)
+    assert reply_nll(strategy) != base_reply_nll(learned)
     base = generate(learned.base_model, strategy.tokenizer, QUESTION, max_new_tokens=6)
     assert off.deltas is False
     assert (off.text, off.prompt, off.prompt_tokens, off.context_tokens) == (base.text, base.prompt, base.prompt_tokens, 0)
@@ -149,7 +197,7 @@ def test_disabled_restores_state_after_an_error(learned):
         with strategy.disabled():
             raise RuntimeError("boom")
     assert strategy.enabled
-    assert not torch.equal(logits(strategy.model, learned.ids), logits(learned.base_model, learned.ids))
+    assert reply_nll(strategy) != base_reply_nll(learned)
 
 
 def test_ask_prompt_holds_only_the_question(learned, strategy_name):
@@ -176,12 +224,14 @@ def test_save_then_open_gives_identical_logits(strategy_name, model_dir, tmp_pat
         strategy = s.strategy()
         ids = probe_ids(strategy.tokenizer)
         saved_logits = logits(strategy.model, ids)
+        saved_nll = reply_nll(strategy)
         saved_state = strategy.state_dict()
         saved_answer = s.ask(QUESTION, max_new_tokens=6)
     reopened = Session.open(path, device="cpu")
     with reopened:
         strategy = reopened.strategy()
         assert torch.equal(logits(strategy.model, ids), saved_logits)
+        assert reply_nll(strategy) == saved_nll
         state = strategy.state_dict()
         assert set(state) == set(saved_state) and all(torch.equal(state[k], saved_state[k]) for k in state)
         again = reopened.ask(QUESTION, max_new_tokens=6)
@@ -205,9 +255,9 @@ def test_learning_is_deterministic_for_a_seed(strategy_name, model_dir):
 # ---- registry and options (the parts of the contract that need no model) ---------------------------
 
 
-def test_registry_errors_are_input_errors():
+def test_registry_errors_are_input_errors(planned_strategy):
     with pytest.raises(StrategyNotImplemented, match="not implemented yet") as e:
-        registry.get("ace")
+        registry.get(planned_strategy)
     assert e.value.exit_code == 3
     with pytest.raises(UnknownStrategy, match="unknown strategy") as e:
         registry.get("no-such-strategy")

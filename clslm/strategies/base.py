@@ -114,6 +114,21 @@ class Strategy(ABC):
         with self.routed(question):
             return self._generate(question, on, max_new_tokens)
 
+    def answer_nll(self, question: str, reply: str) -> float:
+        """Mean NLL per token of `reply` to `question`, through the same path answer() takes."""
+        from ..likelihood import answer_nll
+
+        on = self.enabled
+        with self.routed(question):
+            return answer_nll(
+                self.model,
+                self.tokenizer,
+                question,
+                reply,
+                context=self.prompt_context(question) if on else "",
+                logits_processors=self.logits_processors(question) if on else [],
+            )
+
     def _generate(self, question: str, on: bool, max_new_tokens: int) -> Answer:
         return generate(
             self.model,
