@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchResult, QuestionRow, Unavailable
+from .bench import BenchResult, Comparison, QuestionRow, Unavailable
 
 COLUMNS = (
     "setting",
@@ -92,6 +92,21 @@ def write_outputs(directory: Path, result: BenchResult) -> list[Path]:
     json_path.write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
     write_csv(csv_path, result.rows)
     return [json_path, csv_path]
+
+
+def write_comparison(directory: Path, comparison: Comparison, table_md: str) -> list[Path]:
+    """DIR/compare.json (the --json object), DIR/compare.md (the --markdown table), DIR/NAME/questions.csv."""
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / "compare.json", directory / "compare.md"
+    json_path.write_text(json.dumps(asdict(comparison), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(table_md + "\n", encoding="utf-8")
+    written = [json_path, md_path]
+    for entry in comparison.strategies:
+        if isinstance(entry, BenchResult):
+            (directory / entry.strategy).mkdir(exist_ok=True)
+            written.append(directory / entry.strategy / "questions.csv")
+            write_csv(written[-1], entry.rows)
+    return written
 
 
 def write_csv(path: Path, rows: list[QuestionRow]) -> None:

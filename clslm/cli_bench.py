@@ -88,10 +88,11 @@ def compare(
     as_json: JsonOpt = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw accuracy, forgetting and learn time to this PNG.", show_default=False)] = None,
     as_markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (for docs/benchmarks.md).")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write DIR/compare.json, DIR/compare.md and DIR/STRATEGY/questions.csv.", show_default=False)] = None,
 ) -> None:
     """Benchmark several strategies on the same documents, questions and model; one table."""
     from .bench import BenchSettings, run_compare
-    from .bench_report import markdown, table_rows
+    from .bench_report import markdown, table_rows, write_comparison
 
     names = _strategy_list(strategies)
     if plot is not None and not plot.parent.is_dir():
@@ -104,11 +105,15 @@ def compare(
     if plot is not None:
         _plot(plot, comparison)
         err.print(f"wrote {plot}", highlight=False)
+    facts_info = dict(model=comparison.model, mode=comparison.mode, docs=comparison.docs, questions=comparison.questions)
+    table_md = markdown(rows, **facts_info, general_questions=len(general_set), machine=comparison.machine)
+    if out_dir is not None:
+        for path in write_comparison(out_dir, comparison, table_md):
+            err.print(f"wrote {path}", highlight=False)
     if as_json:
         emit_json(asdict(comparison))
     elif as_markdown:
-        facts_info = dict(model=comparison.model, mode=comparison.mode, docs=comparison.docs, questions=comparison.questions)
-        out.print(markdown(rows, **facts_info, general_questions=len(general_set), machine=comparison.machine), markup=False, highlight=False, soft_wrap=True)
+        out.print(table_md, markup=False, highlight=False, soft_wrap=True)
     else:
         _print_wide(_table(rows))
         out.print(f"[dim]{_count(comparison.docs, 'document')}, {_count(comparison.questions, 'question')}, {_count(len(general_set), 'general question')}, model {comparison.model}, {comparison.mode}[/dim]", highlight=False)

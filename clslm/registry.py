@@ -9,12 +9,13 @@ from .errors import StrategyNotImplemented, UnknownStrategy
 
 BUILTIN = {
     "ttt": "clslm.strategies.ttt:TTT",
+    "ttt-linear": "clslm.strategies.ttt_linear:TTTLinear",
     "jitrl-mvp": "clslm.strategies.jitrl:JitrlMVP",
     "jitrl-full": "clslm.strategies.jitrl:JitrlFull",
     "ace": "clslm.strategies.ace:Ace",
 }
 # Reserved names whose implementation has not landed yet: they error clearly instead of "unknown".
-PLANNED = {"ttt-linear", "doc2lora"}
+PLANNED = {"doc2lora"}
 _registered: dict[str, type] = {}
 
 

@@ -24,9 +24,10 @@ ARCH_NAMES = ["llama", "qwen2", "gemma3"]
 # -o options per strategy that keep learning fast on tiny models (values are strings, as on the CLI).
 FAST_OPTIONS: dict[str, dict[str, str]] = {
     "ttt": {"epochs": "3", "neurons": "8", "max_tokens": "32"},
+    "ttt-linear": {"epochs": "3", "max_tokens": "32"},
 }
 # Strategies that learn by gradient descent and so must report loss_after < loss_before.
-GRADIENT_STRATEGIES = {"ttt"}
+GRADIENT_STRATEGIES = {"ttt", "ttt-linear"}
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -278,6 +278,13 @@ def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp
     assert any(line.startswith(f"| `{planned_strategy}` | not implemented |") for line in table)
     assert "Model `" in out
 
+    written = tmp_path / "written"
+    code, out, err = run(capfd, *args, "--out", written)
+    assert code == 0, err
+    assert json.loads((written / "compare.json").read_text())["strategies"][0]["strategy"] == "ttt"
+    assert (written / "compare.md").read_text().count("| `ttt` |") == 1
+    assert (written / "ttt" / "questions.csv").read_text().count("\n") == 1 + data["questions"]
+
     code, out, err = run(capfd, *args[:-4], "--general-questions", "0")
     assert code == 0, err
     assert "not implemented" in out and "in_context" in out and "learn" in out

@@ -13,28 +13,26 @@ are saved: state grows with what was learned, never with the model.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ..documents import Document
-from ..errors import TrainingDiverged
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .router import DocumentKeys
 from .router import scores as route_scores
 from .gating import cached_idf, neuron_activations, select_neurons
 from .textbook import batches, build_examples, reply_loss
+from .training import descend, mean_loss
 
 PREFIX = "ttt_"
-MAX_BAD_STEPS = 5
 
 
 @dataclass
@@ -157,7 +155,6 @@ class TTT(Strategy):
     def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
         start_time = time.perf_counter()
         torch.manual_seed(self.config.seed)
-        rng = random.Random(self.config.seed)
         examples = build_examples(
             document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens, questions_per_sentence=self.config.questions
         )
@@ -165,38 +162,19 @@ class TTT(Strategy):
         patches = self._add_patches(document)
         self.keys.append(DocumentKeys.from_text(document.text))
         params = [p for patch in patches for p in patch.parameters()]
-        for p in params:
-            p.requires_grad_(True)
         start = self.layer_ids[0]
         device = self.model.device
         data = [{k: v.to(device) for k, v in b.items()} for b in data]
         for b in data:
             b["hidden"] = hidden_before(self.model, start, b["input_ids"], b["attention_mask"])
-        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        total = self.config.epochs * len(data)
-        loss_before = self._eval_loss(data, start)
-        step, bad = 0, 0
-        try:
-            for _ in range(self.config.epochs):
-                for batch in rng.sample(data, len(data)):
-                    step += 1
-                    loss = self._loss(batch, start)
-                    if not torch.isfinite(loss):
-                        bad += 1
-                        if bad >= MAX_BAD_STEPS:
-                            raise TrainingDiverged(f"ttt: {bad} non-finite losses in a row; lower -o lr (now {self.config.lr})")
-                        optimizer.zero_grad(set_to_none=True)
-                        continue
-                    bad = 0
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-                    optimizer.step()
-                    on_step(Step(step, total, loss.item()))
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-        loss_after = self._eval_loss(data, start)
+        loss_fn = partial(self._loss, start=start)
+        loss_before = mean_loss(data, loss_fn)
+        c = self.config
+        steps = descend(
+            self.name, params, data, loss_fn,
+            epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
+        )  # fmt: skip
+        loss_after = mean_loss(data, loss_fn)
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
             name=document.name,
@@ -205,7 +183,7 @@ class TTT(Strategy):
             loss_before=loss_before,
             loss_after=loss_after,
             seconds=round(time.perf_counter() - start_time, 2),
-            extra={"neurons": sum(p.index.numel() for p in patches), "alpha": float(patches[0].alpha), "steps": step},
+            extra={"neurons": sum(p.index.numel() for p in patches), "alpha": float(patches[0].alpha), "steps": steps},
         )
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:
@@ -213,12 +191,6 @@ class TTT(Strategy):
             return reply_loss(self.model, batch)
         with replay_prefix(self.model, start, batch["hidden"]):
             return reply_loss(self.model, batch)
-
-    def _eval_loss(self, data: list[dict], start: int) -> float:
-        with torch.no_grad():
-            losses = [float(self._loss(b, start)) for b in data]
-        finite = [x for x in losses if math.isfinite(x)]
-        return round(sum(finite) / len(finite), 4) if finite else float("nan")
 
     # ---- routing -------------------------------------------------------------------------------
     def active_documents(self, question: str) -> list[int]:

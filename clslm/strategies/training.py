@@ -1,0 +1,67 @@
+"""The gradient-descent loop shared by the strategies that train their own parameters."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import torch
+
+from ..errors import TrainingDiverged
+from .base import Step, StepCallback
+
+MAX_BAD_STEPS = 5
+
+
+def descend(
+    name: str,
+    params: list[torch.nn.Parameter],
+    data: list[dict],
+    loss_fn: Callable[[dict], torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    max_grad_norm: float,
+    seed: int,
+    on_step: StepCallback,
+) -> int:
+    """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns the steps taken.
+
+    Gradients are clipped to `max_grad_norm`; a non-finite loss is skipped, MAX_BAD_STEPS of them in a
+    row abort (TrainingDiverged) so the caller saves nothing.
+    """
+    rng = random.Random(seed)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total, step, bad = epochs * len(data), 0, 0
+    try:
+        for _ in range(epochs):
+            for batch in rng.sample(data, len(data)):
+                step += 1
+                loss = loss_fn(batch)
+                optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    bad += 1
+                    if bad >= MAX_BAD_STEPS:
+                        raise TrainingDiverged(f"{name}: {bad} non-finite losses in a row; lower -o lr (now {lr})")
+                    continue
+                bad = 0
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                on_step(Step(step, total, loss.item()))
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    return step
+
+
+def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor]) -> float:
+    """Mean finite loss over `data`, without gradients (NaN when none is finite)."""
+    with torch.no_grad():
+        losses = [float(loss_fn(b)) for b in data]
+    finite = [x for x in losses if math.isfinite(x)]
+    return round(sum(finite) / len(finite), 4) if finite else float("nan")

@@ -1,0 +1,204 @@
+"""ttt-linear — Learn-Doc's test-time training, built as it describes itself: TTT-Linear fast weights.
+
+Each of the last quarter of the decoder layers gets a fast-weight linear layer W (width × width, fp32
+whatever the model's dtype) on a residual path beside its MLP (after TTT-Linear, arXiv 2407.04620: a
+linear model as hidden state, trained by a self-supervised loss on the tokens it reads):
+
+    y = mlp(x) + W · x            W starts at 0, so the model starts exactly as the base model
+
+The inner loop trains only W, by masked-token prediction: in the training text made from the document
+(textbook.py: chat turns whose replies carry the document), a share `mask_ratio` of the reply tokens is
+replaced by a mask token and the model must predict them there, so the document's words have to come
+from the fast weights instead of the context. A new mask is drawn for every batch in every epoch. An
+anchor term λ·‖W − W₀‖² (W₀: the fast weights when this learn began) holds W near where it started,
+which protects what earlier documents wrote and the base behaviour; gradients are clipped. A TF-IDF
+router (router.py) switches W on only for questions that match a learned document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..documents import Document
+from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
+from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
+from .router import DocumentKeys
+from .router import scores as route_scores
+from .textbook import batches, build_examples, reply_loss
+from .training import descend, mean_loss
+
+PREFIX = "fast_weight"
+
+
+@dataclass
+class TTTLinearConfig(StrategyConfig):
+    """ttt-linear hyperparameters (-o KEY=VALUE)."""
+
+    lr: float = 1e-3  # AdamW learning rate on the fast weights
+    epochs: int = 8  # passes over the training text (a fresh mask each time)
+    layers: float = 0.25  # fraction of decoder layers (the last ones) with a fast-weight layer
+    mask_ratio: float = 0.5  # share of reply tokens masked in the input and predicted
+    anchor: float = 1.0  # λ of the anchor term λ·‖W − W₀‖² (summed over layers)
+    max_tokens: int = 96  # longest document piece in one training example
+    questions: int = 3  # cue prompts per sentence
+    batch_size: int = 8
+    max_grad_norm: float = 1.0
+    route_threshold: float = 0.19  # fast weights act only on questions whose TF-IDF match reaches this (0: always)
+
+    def __post_init__(self):
+        self.check(self.lr > 0, "lr must be > 0")
+        self.check(self.epochs >= 1, "epochs must be >= 1")
+        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
+        self.check(0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]")
+        self.check(self.anchor >= 0, "anchor must be >= 0")
+        self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
+        self.check(self.max_grad_norm > 0, "max_grad_norm must be > 0")
+
+
+class FastLinearMLP(nn.Module, DeltaModule):
+    """The frozen MLP plus a fast-weight linear path: y = mlp(x) + W·x (W in fp32)."""
+
+    def __init__(self, mlp: nn.Module, width: int):
+        super().__init__()
+        self.mlp = mlp
+        self.fast_weight = nn.Parameter(torch.zeros(width, width, dtype=torch.float32, device=mlp.down_proj.weight.device))
+        self.enabled = True
+        self.route = True  # set per question by the router; not saved
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(x)
+        if not (self.enabled and self.route):
+            return y
+        return y + (x.float() @ self.fast_weight.T).to(y.dtype)
+
+
+def mask_replies(batch: dict, ratio: float, mask_id: int, generator: torch.Generator) -> dict:
+    """The batch with `ratio` of its reply tokens replaced by `mask_id`; loss is kept only there."""
+    reply = batch["labels"] != -100
+    chosen = reply & (torch.rand(reply.shape, generator=generator) < ratio).to(reply.device)
+    return {
+        "input_ids": torch.where(chosen, mask_id, batch["input_ids"]),
+        "labels": torch.where(chosen, batch["labels"], -100),
+        "attention_mask": batch["attention_mask"],
+    }
+
+
+def mask_token_id(tokenizer, vocab: int) -> int:
+    """The tokenizer's mask token, else another special token the model has an embedding for."""
+    for token_id in (tokenizer.mask_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None and 0 <= token_id < vocab:
+            return int(token_id)
+    return 0
+
+
+class TTTLinear(Strategy):
+    """TTT-Linear fast weights on the last layers, trained on the document by masked-token prediction."""
+
+    name = "ttt-linear"
+    Config = TTTLinearConfig
+    prefix = PREFIX
+    paper = "2407.04620"
+    summary = "fp32 TTT-Linear fast weights beside the last MLPs, trained by masked-token prediction with an anchor term"
+
+    def attach(self) -> None:
+        self.layer_ids = last_layers(self.model, self.config.layers)
+        width = self.model.get_input_embeddings().embedding_dim
+        blocks = decoder_layers(self.model)
+        for i in self.layer_ids:
+            blocks[i].mlp = FastLinearMLP(gated_mlp(blocks[i]), width)
+        self.keys: list[DocumentKeys] = []
+        self.anchors: list[torch.Tensor] = []
+
+    def fast_layers(self) -> list[FastLinearMLP]:
+        blocks = decoder_layers(self.model)
+        return [blocks[i].mlp for i in self.layer_ids]
+
+    def anchor_penalty(self) -> torch.Tensor:
+        """λ · Σ_layers ‖W − W₀‖², W₀ the fast weights when the current learn began."""
+        return self.config.anchor * sum(((m.fast_weight - w0) ** 2).sum() for m, w0 in zip(self.fast_layers(), self.anchors))
+
+    # ---- learning ------------------------------------------------------------------------------
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        started = time.perf_counter()
+        c = self.config
+        torch.manual_seed(c.seed)
+        examples = build_examples(document, self.tokenizer, fmt="chat", max_tokens=c.max_tokens, questions_per_sentence=c.questions)
+        data = [{k: v.to(self.model.device) for k, v in b.items()} for b in batches(examples, c.batch_size, self.tokenizer.pad_token_id)]
+        self.keys.append(DocumentKeys.from_text(document.text))
+        self.anchors = [m.fast_weight.detach().clone() for m in self.fast_layers()]
+        generator = torch.Generator().manual_seed(c.seed)
+        mask_id = mask_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
+
+        def loss_fn(batch: dict, *, masked: bool = True) -> torch.Tensor:
+            if masked:
+                batch = mask_replies(batch, c.mask_ratio, mask_id, generator)
+            return self._masked_loss(batch) + self.anchor_penalty()
+
+        fixed = torch.Generator().manual_seed(c.seed + 1)  # the same masks before and after: comparable losses
+        probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data]
+        loss_before = mean_loss(probe, lambda b: loss_fn(b, masked=False))
+        params = [m.fast_weight for m in self.fast_layers()]
+        steps = descend(
+            self.name, params, data, loss_fn,
+            epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
+        )  # fmt: skip
+        loss_after = mean_loss(probe, lambda b: loss_fn(b, masked=False))
+        moved = sum(float((m.fast_weight - w0).norm()) for m, w0 in zip(self.fast_layers(), self.anchors))
+        return LearnReport(
+            name=document.name,
+            sha256=document.sha256,
+            tokens=len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"]),
+            loss_before=loss_before,
+            loss_after=loss_after,
+            seconds=round(time.perf_counter() - started, 2),
+            extra={"steps": steps, "layers": len(self.layer_ids), "weight_change": round(moved, 4)},
+        )
+
+    def _masked_loss(self, batch: dict) -> torch.Tensor:
+        """Masked-token loss; the frozen layers below the fast weights run once, without gradients."""
+        start = self.layer_ids[0]
+        hidden = hidden_before(self.model, start, batch["input_ids"], batch["attention_mask"])
+        if hidden is None:
+            return reply_loss(self.model, batch)
+        with replay_prefix(self.model, start, hidden):
+            return reply_loss(self.model, batch)
+
+    # ---- routing -------------------------------------------------------------------------------
+    def matches(self, question: str) -> bool:
+        if self.config.route_threshold <= 0:
+            return True
+        return max(route_scores(self.keys, question), default=0.0) >= self.config.route_threshold
+
+    @contextmanager
+    def routed(self, question: str) -> Iterator[None]:
+        on = self.matches(question)
+        for m in self.fast_layers():
+            m.route = on
+        try:
+            yield
+        finally:
+            for m in self.fast_layers():
+                m.route = True
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return super().state_dict() if self.keys else {}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            super().load_state_dict(tensors)
+
+    def extra_state(self) -> dict:
+        return {"keys": [k.to_json() for k in self.keys]} if self.keys else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+
+    def describe(self) -> dict:
+        return {"layers": self.layer_ids, "documents": len(self.keys), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}
