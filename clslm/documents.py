@@ -22,7 +22,7 @@ class Document:
 
     name: str
     text: str
-    encoding: str = "utf-8"
+    encoding: str = "utf-8"  # how the bytes were decoded: utf-8, utf-16, cp1252; "pdf" for a PDF's text layer
 
     @property
     def sha256(self) -> str:
@@ -53,13 +53,31 @@ def read_documents(
         if not files:
             raise InputError(f"{path}: directory holds no supported files ({', '.join(sorted(SUPPORTED_SUFFIXES))})")
         return [doc for f in files for doc in read_documents(f, text_field=text_field, password=password, max_bytes=max_bytes)]
-    _check_size(path.stat().st_size, max_bytes, str(path))
-    suffix = path.suffix.lower()
+    return load_bytes(str(path), _read_file(path, max_bytes), text_field=text_field, password=password)
+
+
+def load_bytes(name: str, data: bytes, *, text_field: str = "text", password: str | None = None) -> list[Document]:
+    """Documents from the bytes of a file called `name` (its suffix picks the loader): text, or InputError."""
+    suffix = Path(name).suffix.lower()
     if suffix == ".pdf":
-        return [_pdf_document(path, password)]
+        return [_pdf_document(name, data, password)]
     if suffix == ".jsonl":
-        return _jsonl_documents(path, text_field)
-    return [_text_document(str(path), path.read_bytes())]
+        return _jsonl_documents(name, data, text_field)
+    return [_text_document(name, data)]
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refusing devices and pipes (endless or blocking) and reading at most max_bytes + 1."""
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    _check_size(path.stat().st_size, max_bytes, str(path))  # before reading anything
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    _check_size(len(data), max_bytes, str(path))  # it may have grown since
+    return data
 
 
 def _check_size(size: int, max_bytes: int, name: str) -> None:
@@ -104,11 +122,13 @@ def _require_text(text: str, name: str) -> str:
     return text
 
 
-def _pdf_document(path: Path, password: str | None) -> Document:
+def _pdf_document(path: str, data: bytes, password: str | None) -> Document:
     import pymupdf
 
+    pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF's own complaints would add lines to the one-line error
+    pymupdf.TOOLS.mupdf_display_warnings(False)
     try:
-        pdf = pymupdf.open(path, filetype="pdf")
+        pdf = pymupdf.open(stream=data, filetype="pdf")
     except Exception as e:  # pymupdf raises several types for damaged files
         raise InputError(f"{path}: cannot read PDF ({str(e).strip() or type(e).__name__})") from None
     with pdf:
@@ -126,12 +146,12 @@ def _pdf_document(path: Path, password: str | None) -> Document:
         if repaired:  # MuPDF rebuilt a damaged file (e.g. truncated) and found no text in what was left
             raise InputError(f"{path}: damaged PDF (truncated?); no text could be read")
         raise InputError(f"{path}: PDF has no text layer (scanned images?); run OCR first")
-    return Document(name=str(path), text=text)
+    return Document(name=path, text=text, encoding="pdf")
 
 
-def _jsonl_documents(path: Path, text_field: str) -> list[Document]:
+def _jsonl_documents(path: str, data: bytes, text_field: str) -> list[Document]:
     docs = []
-    text, _ = decode_text(path.read_bytes(), str(path))
+    text, encoding = decode_text(data, path)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -139,11 +159,13 @@ def _jsonl_documents(path: Path, text_field: str) -> list[Document]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}:{number}: JSON nested too deeply") from None
         value = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(value, str):
             raise InputError(f"{path}:{number}: no string field {text_field!r} (set --text-field)")
         name = f"{path}#{record.get('id', number)}"
-        docs.append(Document(name=name, text=_require_text(value, name)))
+        docs.append(Document(name=name, text=_require_text(value, name), encoding=encoding))
     if not docs:
         raise InputError(f"{path}: no documents")
     return docs

@@ -59,7 +59,8 @@ class BackendUnreachable(ClslmError):
     exit_code = 5
 
 
-class TrainingDiverged(ClslmError):
-    """Learning produced non-finite losses several times in a row; nothing was saved."""
+class TrainingDiverged(InputError):
+    """Learning produced non-finite losses several times in a row (or non-finite state); nothing was saved.
 
-    exit_code = 1
+    Bad input, not a bug: these options (usually -o lr) or this document make this strategy diverge.
+    """

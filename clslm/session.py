@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -12,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, registry
-from .atomic import write_atomic, write_json_atomic
+from .atomic import crash_point, is_temp, write_atomic, write_json_atomic
 from .documents import Document
-from .errors import ClslmError, InputError, SessionBusy, SessionCorrupt, SessionMismatch, SessionNotFound, TrainingDiverged
+from .errors import ClslmError, InputError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
+from .manifest import FORMAT_VERSION, read_committed, read_manifest, upgrade
 from .models import DEFAULT_MODEL, ModelSource, file_sha256, load_model, resolve_model
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
 
-FORMAT_VERSION = 1
 MANIFEST = "session.json"
 LOCK = ".lock"
 
@@ -65,11 +66,7 @@ class Session:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise SessionNotFound(f"{path}: no session here (run `clslm learn` first, or pass --session)")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SessionCorrupt(f"{manifest_path}: corrupt manifest ({e})") from None
-        return cls(path, upgrade(manifest, manifest_path), **kw)
+        return cls(path, upgrade(read_manifest(manifest_path), manifest_path), **kw)
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, model: str | None = None, strategy: str | None = None, options: dict[str, str] | None = None, **kw) -> "Session":
@@ -97,22 +94,36 @@ class Session:
             return False
 
     def set_options(self, options: dict[str, str]) -> None:
-        cls = registry.get(self.strategy_name).Config
-        config = parse_options(cls, options, base=config_from_dict(cls, self.manifest["strategy"]["config"]))
+        config = parse_options(self._strategy_class().Config, options, base=self._saved_config())
         self.manifest["strategy"]["config"] = asdict(config)
         self._strategy = None
+
+    def _strategy_class(self) -> type[Strategy]:
+        try:
+            return registry.get(self.strategy_name)
+        except InputError as e:  # a session from a newer clslm, or a plugin not installed here
+            raise SessionMismatch(f"{self.path}: session uses a strategy this clslm cannot run ({e})") from None
+
+    def _saved_config(self):
+        try:
+            return config_from_dict(self._strategy_class().Config, self.manifest["strategy"]["config"])
+        except (InputError, TypeError, ValueError) as e:
+            raise SessionCorrupt(f"{self.path / MANIFEST}: strategy config does not fit {self.strategy_name!r} ({e})") from None
 
     # ---- locking -------------------------------------------------------------------------------
     def __enter__(self) -> "Session":
         from filelock import FileLock, Timeout
 
         self._made_dir = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.path / LOCK), timeout=self.wait)
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.path / LOCK), timeout=self.wait)
             self._lock.acquire()
         except Timeout:
             raise SessionBusy(f"{self.path}: session busy (another clslm process holds it; retry, or pass --wait SECONDS)") from None
+        except OSError as e:  # a file in the way, a read-only or vanished directory
+            self._lock = None
+            raise SessionError(f"{self.path}: cannot use this as a session directory ({e.strerror or e})") from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -142,6 +153,7 @@ class Session:
         return sum(entry["bytes"] for entry in self.manifest["state"].values() if entry)
 
     def info(self) -> dict[str, Any]:
+        self.verify()
         info = {"session": str(self.path), **{k: self.manifest[k] for k in ("format_version", "clslm_version", "created", "model", "strategy")}}
         info |= {"documents": self.documents, "state_bytes": self.state_bytes()}
         if self._strategy is not None:
@@ -152,10 +164,9 @@ class Session:
     def strategy(self) -> Strategy:
         """The strategy on the loaded base model, with the saved state applied (loaded once)."""
         if self._strategy is None:
-            cls = registry.get(self.strategy_name)
+            cls, config = self._strategy_class(), self._saved_config()
             source = self._model_source()
             model, tokenizer = load_model(source, device=self.device, dtype=self.dtype)
-            config = config_from_dict(cls.Config, self.manifest["strategy"]["config"])
             strategy = cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
             self._load_state(strategy)
             self._strategy = strategy
@@ -171,16 +182,26 @@ class Session:
         """Learn the documents in order, then save once: all or nothing."""
         strategy = self.strategy()
         reports, before = [], copy.deepcopy(self.manifest)
+
+        def step(s):
+            crash_point("learning")
+            on_step(s)
+
         try:
             for doc in documents:
                 if on_document:
                     on_document(doc)
-                reports.append(strategy.learn(doc, on_step))
-            self.manifest["documents"] = self.documents + [asdict(r) | {"learned_at": _now()} for r in reports]
+                reports.append(strategy.learn(doc, step))
+            learned = [asdict(r) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
+            self.manifest["documents"] = self.documents + learned
             self.save()
         except BaseException:
-            # The in-memory model holds half-learned state: drop it, so the next use reloads the saved one.
-            self._strategy, self.manifest = None, before
+            # The in-memory model holds half-learned state: drop it and go back to what is on disk (the
+            # old session, or the new one if the interrupt came after the commit point), minus any
+            # state files this learn wrote but never committed.
+            self._strategy, self.manifest = None, read_committed(self.path / MANIFEST, before)
+            with contextlib.suppress(OSError):
+                self._prune()
             raise
         return reports
 
@@ -199,6 +220,16 @@ class Session:
         self.manifest["state"] = {"tensors": None, "extra": None}
         self._strategy = None
         self._commit()
+
+    def export(self, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False):
+        """Write what was learned for use outside clslm: merged weights, a peft adapter or context files
+        (docs/export.md); returns an ExportReport. The session itself is not changed."""
+        from .export import export
+
+        try:
+            return export(self, out, format=format, rank=rank, force=force)
+        finally:
+            self._strategy = None  # folding rewires the loaded model: the next use loads it afresh
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self) -> None:
@@ -222,11 +253,17 @@ class Session:
     def _write_tensors(self, tensors: dict[str, Any]) -> dict[str, Any]:
         from safetensors.torch import save
 
-        data = save(tensors, metadata={"strategy": self.strategy_name, "clslm_version": __version__})
+        # One metadata key: safetensors writes several in a per-process random order, and content-named
+        # files must be the same bytes for the same state.
+        data = save(tensors, metadata={"strategy": self.strategy_name})
         return self._write_blob("deltas", ".safetensors", data)
 
     def _write_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
-        return self._write_blob("state", ".json", json.dumps(extra, sort_keys=True).encode("utf-8"))
+        try:
+            text = json.dumps(extra, sort_keys=True, allow_nan=False)
+        except ValueError:
+            raise TrainingDiverged(f"learned state of {self.strategy_name} holds a non-finite number; nothing was saved") from None
+        return self._write_blob("state", ".json", text.encode("utf-8"))
 
     def _write_blob(self, stem: str, suffix: str, data: bytes) -> dict[str, Any]:
         digest = hashlib.sha256(data).hexdigest()
@@ -244,12 +281,21 @@ class Session:
             raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
         return data
 
+    def verify(self) -> None:
+        """Check that every state file the manifest names is there with its size and sha256."""
+        for entry in self.manifest["state"].values():
+            if entry:
+                self._read_blob(entry)
+
     def _load_state(self, strategy: Strategy) -> None:
         from safetensors.torch import load
 
         tensors_entry, extra_entry = self.manifest["state"]["tensors"], self.manifest["state"]["extra"]
         if extra_entry:
-            strategy.load_extra_state(json.loads(self._read_blob(extra_entry)))
+            try:
+                strategy.load_extra_state(json.loads(self._read_blob(extra_entry)))
+            except (InputError, KeyError, TypeError, ValueError) as e:
+                raise SessionCorrupt(f"{self.path / extra_entry['file']}: state does not fit {self.strategy_name!r} ({e})") from None
         if tensors_entry:
             try:
                 tensors = load(self._read_blob(tensors_entry))
@@ -261,23 +307,12 @@ class Session:
                 raise SessionCorrupt(f"{self.path}: {e}") from None
 
     def _prune(self) -> None:
+        """Delete state files the manifest does not name and temp files of writes a kill cut short."""
         keep = {entry["file"] for entry in self.manifest["state"].values() if entry}
-        for path in self.path.glob("*"):
-            if path.name.startswith(("deltas-", "state-")) and path.name not in keep:
+        for path in self.path.iterdir():
+            unused = path.name.startswith(("deltas-", "state-")) and path.name not in keep
+            if (unused or is_temp(path)) and path.is_file():
                 path.unlink(missing_ok=True)
-
-
-def upgrade(manifest: Any, where: Path) -> dict[str, Any]:
-    """Check a manifest's shape and bring older format versions up to FORMAT_VERSION."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("format_version"), int):
-        raise SessionCorrupt(f"{where}: corrupt manifest (no format_version)")
-    version = manifest["format_version"]
-    if version > FORMAT_VERSION:
-        raise SessionCorrupt(f"{where}: made by a newer clslm (format {version}); upgrade clslm")
-    for key in ("model", "strategy", "state", "documents"):
-        if key not in manifest:
-            raise SessionCorrupt(f"{where}: corrupt manifest (missing {key!r})")
-    return manifest
 
 
 def _check_path(path: str | Path) -> Path:
