@@ -62,6 +62,19 @@ class DeltaModule:
     enabled: bool = True
 
 
+@dataclass
+class Merged:
+    """A plain transformers model holding what a strategy learned in its own weights (for export)."""
+
+    model: Any
+    exact: bool = True  # reproduces the strategy (every document on) up to float rounding
+    notes: list[str] = field(default_factory=list)  # what the fold changed or approximated, one line each
+
+
+def is_peft_model(model) -> bool:
+    return type(model).__module__.startswith("peft.")
+
+
 @dataclass(frozen=True)
 class StrategyContext:
     """What a strategy may know besides model and tokenizer: the model's fingerprint (for caches)."""
@@ -179,6 +192,26 @@ class Strategy(ABC):
     def describe(self) -> dict[str, Any]:
         """A few facts for `clslm info`."""
         return {}
+
+    # ---- export (`clslm export`, docs/export.md) ----------------------------------------------------
+    def export_merged(self) -> Merged:
+        """What was learned folded into the model's own weights, as a plain transformers model.
+
+        Default: a peft model is merged (`merge_and_unload`); a model with no injected modules is the
+        base model as it is (prompt-side strategies, nothing to fold). Strategies with their own
+        DeltaModules override this. It may change self.model: a strategy is not used after an export.
+        """
+        if is_peft_model(self.model):
+            return Merged(self.model.merge_and_unload())
+        injected = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, DeltaModule)})
+        if injected:
+            raise InputError(f"{self.name}: what it learned lives in {', '.join(injected)}, which a standard checkpoint has no place for; it cannot be exported as merged weights")
+        return Merged(self.model)
+
+    def lora_adapter(self) -> Any | None:
+        """The peft model whose active LoRA adapter holds what was learned (for --format peft); None when
+        what was learned is not LoRA-shaped."""
+        return self.model if is_peft_model(self.model) else None
 
 
 def parse_options(config_cls: type[StrategyConfig], options: dict[str, str], base: StrategyConfig | None = None) -> StrategyConfig:

@@ -1,0 +1,260 @@
+"""`clslm export`: what a session learned, in the forms the ecosystem loads without clslm.
+
+- merged: the base model with the learned deltas folded into its own weights, a standard Hugging Face
+  directory (safetensors, config, tokenizer) for `AutoModelForCausalLM.from_pretrained`.
+- peft: a LoRA adapter directory for `PeftModel.from_pretrained` on the base model.
+- context: what prompt-side strategies learned (chunks, playbook, store) as JSON and Markdown.
+
+Every weight export is checked before it is written: the exported model's logits on a probe prompt
+against the session's own, with every learned document on; the largest difference is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import InputError
+from .generation import chat_prompt
+from .strategies.base import DeltaModule, Merged, Strategy, is_peft_model
+
+FORMATS = ("merged", "peft", "context")
+MARKER = "clslm-export.json"  # in every export: what wrote it, and what `--force` may replace
+PROBE = "Tell me what you have read about: who, what, where and when?"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Strategies whose learned state no standard checkpoint or adapter can hold; why, for the user.
+UNEXPORTABLE = {
+    "ttt-linear": (
+        "ttt-linear cannot be exported as {format} weights: its fast weights add a linear path W·x beside "
+        "each MLP, and a gated MLP (Llama, Qwen2, Gemma 3) has no neuron that is linear in its input, so no "
+        "standard checkpoint or LoRA adapter reproduces it (see docs/export.md); use the session through "
+        "clslm or its Python API"
+    ),
+}
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote; its asdict() is the --json output and OUT/clslm-export.json."""
+
+    out: str
+    format: str
+    strategy: str
+    model: str
+    documents: int
+    exact: bool | None = None  # weights: reproduces the session (every document on) up to float rounding
+    max_abs_logit_diff: float | None = None  # exported model vs the session, on the probe prompt
+    probe_tokens: int = 0
+    rank: int | None = None  # peft: the LoRA rank
+    layers: list[dict[str, Any]] = field(default_factory=list)  # peft: relative error per module
+    base_model: str | None = None  # peft: the base model the adapter is for
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False) -> ExportReport:
+    """Write what `session` learned to the directory `out` (see the module docstring for the formats)."""
+    if format not in FORMATS:
+        raise InputError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if rank < 1:
+        raise InputError(f"--rank {rank}: must be >= 1")
+    out = Path(out)
+    check_out(out, force)
+    strategy = session.strategy()
+    report = ExportReport(str(out), format, session.strategy_name, session.model_ref, len(session.documents))
+    report.format = _effective_format(strategy, format, report.notes)
+    with staging(out) as tmp:
+        if report.format == "context":
+            write_context(session, strategy, tmp, report)
+        elif report.format == "merged":
+            write_merged(strategy, tmp, report)
+        else:
+            write_peft(strategy, tmp, report, rank)
+        report.files = sorted([*(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()), MARKER])
+        marker = asdict(report) | {"clslm_version": __version__, "session": str(session.path)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report
+
+
+def _effective_format(strategy: Strategy, format: str, notes: list[str]) -> str:
+    """The format really written: prompt-side strategies always give their context."""
+    in_weights = learns_in_weights(strategy)
+    if format == "context" and in_weights:
+        raise InputError(f"{strategy.name} learns into the model's weights, not the prompt: export it with --format merged or --format peft")
+    if format != "context" and not in_weights:
+        notes.append(f"{strategy.name} keeps what it learned in the prompt, not in the weights: wrote its context instead of {format} weights (the base model is unchanged)")
+        return "context"
+    if strategy.name in UNEXPORTABLE:
+        raise InputError(UNEXPORTABLE[strategy.name].format(format=format))
+    return format
+
+
+def learns_in_weights(strategy: Strategy) -> bool:
+    return is_peft_model(strategy.model) or any(isinstance(m, DeltaModule) for m in strategy.model.modules())
+
+
+# ---- OUT -------------------------------------------------------------------------------------------
+
+
+def check_out(out: Path, force: bool) -> None:
+    """OUT must be new or empty; --force replaces only a previous clslm export, never anything else."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"{out}: exists and is not empty (pass --force to replace a previous export)")
+        if not (out / MARKER).is_file():
+            raise InputError(f"{out}: not empty and not a clslm export (no {MARKER}); --force replaces only a previous export, so nothing was deleted")
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A fresh directory beside OUT that replaces OUT when the block succeeds (and is removed if not)."""
+    out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- merged ----------------------------------------------------------------------------------------
+
+
+def write_merged(strategy: Strategy, tmp: Path, report: ExportReport) -> None:
+    probe, reference = _reference(strategy)
+    merged = merged_model(strategy)
+    report.exact = merged.exact
+    report.notes += merged.notes
+    _check(report, merged.model, probe, reference)
+    merged.model.save_pretrained(tmp)
+    strategy.tokenizer.save_pretrained(tmp)
+
+
+def merged_model(strategy: Strategy) -> Merged:
+    """The strategy's Merged model; ttt's patches are folded here (ttt.py has no export_merged yet)."""
+    from .export_fold import apply, ttt_deltas
+
+    if _is_ttt(strategy):
+        fold = ttt_deltas(strategy)
+        apply(fold)
+        return Merged(fold.model, fold.exact, fold.notes)
+    return strategy.export_merged()
+
+
+# ---- peft ------------------------------------------------------------------------------------------
+
+
+def write_peft(strategy: Strategy, tmp: Path, report: ExportReport, rank: int) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    probe, reference = _reference(strategy)
+    if _is_ttt(strategy):
+        adapter = _ttt_adapter(strategy, report, rank)
+    else:
+        adapter = strategy.lora_adapter()
+        if adapter is None:
+            raise InputError(f"{strategy.name}: what it learned is not LoRA-shaped; export it with --format merged")
+        report.exact, report.rank = True, adapter.peft_config[adapter.active_adapter].r
+    _check(report, adapter, probe, reference)
+    name = adapter.active_adapter
+    config = adapter.peft_config[name]
+    config.base_model_name_or_path = report.base_model = adapter.get_base_model().name_or_path
+    config.inference_mode = True
+    config.save_pretrained(tmp)  # adapter_config.json: peft_type, r, lora_alpha, target_modules, base model
+    state = get_peft_model_state_dict(adapter, adapter_name=name)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / ADAPTER_FILES[1], metadata={"format": "pt"})
+
+
+def _ttt_adapter(strategy: Strategy, report: ExportReport, rank: int):
+    from .export_fold import lora_adapter, ttt_deltas
+
+    fold = ttt_deltas(strategy)
+    adapter, report.layers, report.rank = lora_adapter(fold, rank)
+    worst = max((layer["relative_error"] for layer in report.layers), default=0.0)
+    report.exact = fold.exact and worst < 1e-6
+    report.notes += fold.notes
+    report.notes.append(f"LoRA rank {report.rank}: truncated SVD of each module's weight change; largest relative Frobenius error {worst:.3g} (per module in `layers`)")
+    if worst > 0.01:
+        biggest = max(layer["change_rank"] for layer in report.layers)
+        report.notes.append(f"the weight changes have rank up to {biggest}: a larger --rank gives a closer adapter")
+    return adapter
+
+
+# ---- context ---------------------------------------------------------------------------------------
+
+
+def write_context(session, strategy: Strategy, tmp: Path, report: ExportReport) -> None:
+    """context.json (everything the strategy keeps as JSON), context.md (readable), store.safetensors."""
+    extra, tensors = strategy.extra_state(), strategy.state_dict()
+    documents = [{k: d.get(k) for k in ("name", "sha256", "tokens")} for d in session.documents]
+    data = {"strategy": strategy.name, "model": session.model_ref, "config": session.manifest["strategy"]["config"], "documents": documents, "state": extra}
+    (tmp / "context.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp / "context.md").write_text(context_markdown(strategy, documents, extra), encoding="utf-8")
+    if tensors:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "store.safetensors", metadata={"strategy": strategy.name})
+        report.notes.append(f"{strategy.name}'s store (store.safetensors) acts only inside clslm's decoding loop; context.md describes it")
+
+
+def context_markdown(strategy: Strategy, documents: list[dict], extra: dict[str, Any]) -> str:
+    lines = [f"# What {strategy.name} learned", "", "Documents: " + (", ".join(d["name"] for d in documents) or "none yet"), ""]
+    bullets = (extra.get("playbook") or {}).get("bullets", [])
+    if bullets:
+        lines += ["## Playbook", "", *(f"- {b['text']}" for b in bullets), ""]
+    chunks = extra.get("chunks", [])
+    for name in dict.fromkeys(c["document"] for c in chunks):
+        lines += [f"## {name}", ""]
+        lines += [part for c in chunks if c["document"] == name for part in (c["text"].strip(), "")]
+    facts = strategy.describe()
+    if not bullets and not chunks and facts:
+        lines += ["## State", "", *(f"- {k}: {v}" for k, v in facts.items()), ""]
+    return "\n".join(lines)
+
+
+# ---- the check -------------------------------------------------------------------------------------
+
+
+def _reference(strategy: Strategy):
+    """The probe's token ids and the session's logits on them (outside routing: every document on)."""
+    tokenizer = strategy.tokenizer
+    device = next(strategy.model.parameters()).device
+    probe = tokenizer(chat_prompt(tokenizer, PROBE), return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    return probe, _logits(strategy.model, probe)
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model(input_ids=ids).logits.float()
+
+
+def _check(report: ExportReport, model, probe, reference) -> None:
+    report.max_abs_logit_diff = float((_logits(model, probe) - reference).abs().max())
+    report.probe_tokens = int(probe.shape[1])
+
+
+def _is_ttt(strategy: Strategy) -> bool:
+    from .strategies.ttt import TTT
+
+    return isinstance(strategy, TTT)
