@@ -51,11 +51,11 @@ def export_command(
         emit_json(asdict(report))
         return
     exact = "" if report.exact is None else (", exact" if report.exact else ", approximate")
-    out.print(f"exported {report.strategy} session ({report.documents} document(s)) → {report.out} [{report.format}{exact}]", highlight=False)
-    out.print("files: " + ", ".join(report.files), highlight=False)
+    out.print(f"exported {report.strategy} session ({report.documents} document(s)) → {report.out} ({report.format}{exact})", markup=False, highlight=False)
+    out.print("files: " + ", ".join(report.files), markup=False, highlight=False)
     if report.max_abs_logit_diff is not None:
-        out.print(f"check: max |Δ logit| {report.max_abs_logit_diff:.3g} vs the session on a {report.probe_tokens}-token probe", highlight=False)
+        out.print(f"check: max |Δ logit| {report.max_abs_logit_diff:.3g} vs the session on a {report.probe_tokens}-token probe", markup=False, highlight=False)
     if report.base_model:
-        out.print(f"base model: {report.base_model}", highlight=False)
+        out.print(f"base model: {report.base_model}", markup=False, highlight=False)
     for note in report.notes:
-        err.print(f"note: {note}", highlight=False, soft_wrap=True)
+        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
