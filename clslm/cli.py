@@ -257,6 +257,7 @@ def interactive(
 
 
 from . import cli_bench  # noqa: E402,F401  registers `bench` and `compare` on app
+from . import cli_doc2lora  # noqa: E402,F401  registers `doc2lora train` on app
 from . import cli_export  # noqa: E402,F401  registers `export` on app
 
 

@@ -13,9 +13,10 @@ BUILTIN = {
     "jitrl-mvp": "clslm.strategies.jitrl:JitrlMVP",
     "jitrl-full": "clslm.strategies.jitrl:JitrlFull",
     "ace": "clslm.strategies.ace:Ace",
+    "doc2lora": "clslm.strategies.doc2lora:Doc2LoRA",
 }
 # Reserved names whose implementation has not landed yet: they error clearly instead of "unknown".
-PLANNED = {"doc2lora"}
+PLANNED: set[str] = set()
 _registered: dict[str, type] = {}
 
 

@@ -25,6 +25,7 @@ ARCH_NAMES = ["llama", "qwen2", "gemma3"]
 FAST_OPTIONS: dict[str, dict[str, str]] = {
     "ttt": {"epochs": "3", "neurons": "8", "max_tokens": "32"},
     "ttt-linear": {"epochs": "3", "max_tokens": "32"},
+    "doc2lora": {"mode": "simulated", "steps": "3"},  # no trained hypernetwork fits a tiny random model
 }
 # Strategies that learn by gradient descent and so must report loss_after < loss_before.
 GRADIENT_STRATEGIES = {"ttt", "ttt-linear"}

@@ -353,9 +353,9 @@ def test_unknown_strategy(capfd, tmp_path, llama_dir, doc_file):
     assert not path.exists()
 
 
-def test_not_implemented_strategy(capfd, tmp_path, llama_dir, doc_file):
+def test_not_implemented_strategy(capfd, tmp_path, llama_dir, doc_file, planned_strategy):
     path = tmp_path / "s"
-    check_failure(capfd, ["learn", doc_file, "-s", path, "--model", llama_dir, "--strategy", "doc2lora"], 3, "not implemented yet", path)
+    check_failure(capfd, ["learn", doc_file, "-s", path, "--model", llama_dir, "--strategy", planned_strategy], 3, "not implemented yet", path)
     assert not path.exists()
 
 

@@ -28,7 +28,7 @@ from conftest import DOCUMENT, GRADIENT_STRATEGIES, fast_options
 
 STRATEGIES = registry.available()
 # Strategies that keep what they learned in weights only: nothing may be added to the prompt.
-WEIGHT_STRATEGIES = {"ttt", "ttt-linear"}
+WEIGHT_STRATEGIES = {"ttt", "ttt-linear", "doc2lora"}
 QUESTION = "Which engineer built the Kessenbrock Light?"
 
 

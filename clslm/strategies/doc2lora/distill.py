@@ -1,0 +1,90 @@
+"""Context distillation targets and loss: the model with the document in its prompt is the teacher, the
+model without it (plus a LoRA) the student, and the loss is their KL divergence over every reply token.
+
+A `Probe` is one exchange: the student sees `student` as the user message; the teacher sees the document,
+then `teacher`; both are scored on the same `reply` tokens. For a question the teacher's text is the
+bench's `Question: …` and the student's the bare question, as `clslm ask` sends it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .lora import unwrap
+from .reading import Template, ids
+
+
+@dataclass(frozen=True)
+class Probe:
+    student: str
+    teacher: str
+    reply: str
+
+
+def question_probe(question: str, answer: str) -> Probe:
+    return Probe(question, f"Question: {question}", answer)
+
+
+@dataclass
+class Targets:
+    """The teacher's reply distributions for a list of probes, and the student's token ids."""
+
+    student_ids: list[list[int]]  # prompt + reply, per probe
+    reply_lengths: list[int]
+    teacher_logprobs: list[torch.Tensor]  # (reply tokens, vocab) per probe, float32
+    features: torch.Tensor | None = None  # hidden states of the document at the requested layers
+
+
+@torch.no_grad()
+def teach(model, tokenizer, prefix: list[int], document: list[int], probes: list[Probe], layers: list[int] | None = None) -> Targets:
+    """Run the teacher once over prefix + document (KV cache), then each probe's continuation on a copy."""
+    template, device = Template.of(tokenizer), unwrap(model).device
+    out = model(input_ids=torch.tensor([prefix + document], device=device), use_cache=True, output_hidden_states=layers is not None, logits_to_keep=1)
+    features = torch.stack([out.hidden_states[layer][0, len(prefix) :] for layer in layers]).float() if layers is not None else None
+    student_ids, lengths, teacher = [], [], []
+    for probe in probes:
+        reply = ids(tokenizer, probe.reply)
+        continuation = ids(tokenizer, "\n\n" + probe.teacher + template.tail) + reply
+        cache = copy.deepcopy(_cache_of(out))
+        logits = model(input_ids=torch.tensor([continuation], device=device), use_cache=True, **_cache_kwarg(model, cache)).logits
+        teacher.append(F.log_softmax(logits[0, len(continuation) - len(reply) - 1 : -1].float(), dim=-1))
+        student_ids.append(ids(tokenizer, template.head + probe.student + template.tail) + reply)
+        lengths.append(len(reply))
+    return Targets(student_ids, lengths, teacher, features)
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _cache_kwarg(model, cache) -> dict:
+    """transformers 5.x renamed `past_key_values` to `cache`; pass whichever this version takes."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
+
+
+def kl_loss(model, targets: Targets, pad_id: int) -> torch.Tensor:
+    """Mean over reply tokens of KL(teacher ‖ student), the student run on its own prompts (one padded batch)."""
+    device = unwrap(model).device
+    width = max(len(s) for s in targets.student_ids)
+    input_ids = torch.full((len(targets.student_ids), width), pad_id, device=device)
+    mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(targets.student_ids):  # right padding: the real tokens never see a pad
+        input_ids[row, : len(seq)] = torch.tensor(seq, device=device)
+        mask[row, : len(seq)] = 1
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    total, count = logits.new_zeros((), dtype=torch.float32), 0
+    for row, (seq, n) in enumerate(zip(targets.student_ids, targets.reply_lengths)):
+        if n == 0:
+            continue
+        student = F.log_softmax(logits[row, len(seq) - n - 1 : len(seq) - 1].float(), dim=-1)
+        teacher = targets.teacher_logprobs[row].to(device)
+        total = total + (teacher.exp() * (teacher - student)).sum()
+        count += n
+    return total / max(count, 1)

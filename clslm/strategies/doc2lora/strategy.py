@@ -1,0 +1,203 @@
+"""The `doc2lora` strategy: a document becomes a peft LoRA on the MLP down-projections.
+
+mode=hypernet (default): one forward pass of a trained Perceiver hypernetwork per chunk of the document
+(`hypernet.py`; the bundled one is for the default model, `clslm doc2lora train` makes others).
+mode=simulated: no hypernetwork; the LoRA is fitted by a few steps of gradient context distillation on
+the document (`simulated.py`), the slow counterpart the hypernetwork amortises.
+
+Either way each document adds its LoRA to the session's: factors are stacked along the rank (the deltas
+add up), and beyond `max_rank` the sum is cut to its best rank-`max_rank` approximation. The session's
+LoRA lives in one standard peft adapter, so `disabled()` is peft's `disable_adapter()` and the model can
+be merged with `merge_and_unload()`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ...documents import Document
+from ...errors import InputError, SessionMismatch
+from ...models import file_sha256
+from ..anatomy import last_layers
+from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from . import lora
+from .hypernet import read_config
+from .reading import activations, chunks, ids, reader_prefix
+from .simulated import simulate
+
+BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
+SIMULATED_LABEL = "simulated: gradient context distillation, no hypernetwork"
+
+
+@dataclass
+class Doc2LoRAConfig(StrategyConfig):
+    """doc2lora options (-o KEY=VALUE)."""
+
+    mode: Literal["hypernet", "simulated"] = "hypernet"
+    hypernet: str | None = None  # checkpoint path; default: the bundled one (default model only)
+    chunk_tokens: int = 0  # longest chunk read at once (0: the hypernetwork's own; 256 when simulated)
+    combine: Literal["concat", "mean"] = "concat"  # a document's chunk LoRAs: summed (stacked) or averaged
+    max_rank: int = 64  # the session's LoRA rank at most (beyond: truncated SVD of the summed deltas)
+    scale: float = 1.0  # multiplies every generated delta
+    # simulated mode only (a hypernetwork brings its own rank, targets and layers)
+    rank: int = 8
+    targets: str = "down_proj"  # comma-separated module names inside a decoder layer
+    layers: float = 1.0  # fraction of the last decoder layers that get a LoRA
+    steps: int = 20
+    lr: float = 3e-3
+    probes: int = 12  # sentences of the document used as distillation probes
+
+    def __post_init__(self):
+        self.check(self.chunk_tokens >= 0, "chunk_tokens must be >= 0")
+        self.check(self.max_rank >= 1, "max_rank must be >= 1")
+        self.check(self.scale > 0, "scale must be > 0")
+        self.check(self.rank >= 1, "rank must be >= 1")
+        self.check(bool(self.target_list), "targets must name at least one module")
+        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
+        self.check(self.steps >= 1, "steps must be >= 1")
+        self.check(self.lr > 0, "lr must be > 0")
+        self.check(self.probes >= 1, "probes must be >= 1")
+
+    @property
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+class Doc2LoRA(Strategy):
+    name = "doc2lora"
+    Config = Doc2LoRAConfig
+    prefix = "lora_"
+    paper = "arXiv:2602.15902"
+    summary = "Perceiver hypernetwork: document activations → peft LoRA on down_proj, one forward per chunk"
+
+    def attach(self) -> None:
+        config = self.config
+        if config.mode == "hypernet":
+            self.hypernet_path = self._hypernet_path()
+            self.net_config = read_config(self.hypernet_path)
+            layers, targets = self.net_config.layers, self.net_config.targets
+        else:
+            self.hypernet_path, self.net_config = None, None
+            layers, targets = last_layers(self.model, config.layers), config.target_list
+        self.names = lora.module_names(self.model, layers, targets)
+        if self.net_config is not None:
+            self._check_fits()
+        self.layers = layers
+        self.model = lora.wrap(self.model, self.names)
+        self.factors: lora.Factors = {}
+        self.documents: list[dict] = []
+        self.hypernet_sha256: str | None = None
+        self._net = None
+
+    # ---- the hypernetwork ---------------------------------------------------------------------------
+    def _hypernet_path(self) -> Path:
+        if self.config.hypernet:
+            return Path(self.config.hypernet).expanduser()
+        if not BUNDLED.is_file() or read_config(BUNDLED).model_fingerprint != self.context.model_fingerprint:
+            raise InputError(
+                "doc2lora: no trained hypernetwork for this model (the bundled one is for smollm2-135m); "
+                "train one with `clslm doc2lora train` and pass -o hypernet=PATH, or use -o mode=simulated"
+            )
+        return BUNDLED
+
+    def _check_fits(self) -> None:
+        cfg, fingerprint = self.net_config, self.context.model_fingerprint
+        if cfg.model_fingerprint and fingerprint and cfg.model_fingerprint != fingerprint:
+            raise InputError(f"{self.hypernet_path}: hypernetwork was trained for model {cfg.model_fingerprint[:12]}, not this one ({fingerprint[:12]})")
+        base = lora.unwrap(self.model)
+        shapes = [list(base.get_submodule(n).weight.shape[::-1]) for n in self.names]
+        expected = [cfg.shapes[i % len(cfg.targets)] for i in range(len(self.names))]
+        if shapes != expected or base.config.hidden_size != cfg.d_model:
+            raise InputError(f"{self.hypernet_path}: hypernetwork does not fit this model's layer shapes")
+
+    def net(self):
+        if self._net is None:
+            from .hypernet import load_hypernet
+
+            sha = file_sha256(self.hypernet_path)
+            if self.hypernet_sha256 and sha != self.hypernet_sha256:
+                raise SessionMismatch(f"{self.hypernet_path}: hypernetwork changed since this session's documents were learned (sha256 {sha[:12]}, was {self.hypernet_sha256[:12]}); use a new session")
+            self._net = load_hypernet(self.hypernet_path).to(lora.unwrap(self.model).device)
+            self.hypernet_sha256 = sha
+        return self._net
+
+    # ---- learning -----------------------------------------------------------------------------------
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        start = time.perf_counter()
+        tokenizer, prefix = self.tokenizer, reader_prefix(self.tokenizer)
+        with self.model.disable_adapter():  # read and distil with the base model, not the documents so far
+            if self.config.mode == "hypernet":
+                (factors, n_chunks), losses = self._from_hypernet(prefix, document, on_step), (None, None)
+            else:
+                (factors, losses), n_chunks = self._simulate(prefix, document, on_step), 1
+        factors = {k: (a, b * self.config.scale) for k, (a, b) in factors.items()}
+        self.factors = lora.cap(lora.concat([self.factors, factors]), self.config.max_rank)
+        lora.install(self.model, self.factors)
+        self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
+        extra = {"mode": self.mode_label, "chunks": n_chunks, "rank": lora.rank(factors), "session_rank": lora.rank(self.factors)}
+        tokens = len(ids(tokenizer, document.text))
+        return LearnReport(document.name, document.sha256, tokens, losses[0], losses[1], round(time.perf_counter() - start, 3), extra)
+
+    def _from_hypernet(self, prefix: list[int], document: Document, on_step: StepCallback) -> tuple[lora.Factors, int]:
+        net = self.net()
+        size = self.config.chunk_tokens or self.net_config.chunk_tokens
+        pieces = chunks(self.tokenizer, document.text, size)
+        parts = []
+        for i, piece in enumerate(pieces, start=1):
+            pairs = net(activations(self.model, prefix, piece, self.layers))
+            parts.append({name: (a.detach(), b.detach()) for name, (a, b) in zip(self.names, pairs)})
+            on_step(Step(i, len(pieces), phase="hypernetwork"))
+        return (lora.concat(parts) if self.config.combine == "concat" else lora.mean(parts)), len(pieces)
+
+    def _simulate(self, prefix: list[int], document: Document, on_step: StepCallback) -> tuple[lora.Factors, tuple[float, float]]:
+        c = self.config
+        text_ids = [t for piece in chunks(self.tokenizer, document.text, c.chunk_tokens or 256) for t in piece]
+        factors, before, after = simulate(
+            self.model, self.tokenizer, prefix, text_ids, document.text, self.names,
+            rank=c.rank, steps=c.steps, lr=c.lr, probes=c.probes, seed=c.seed + len(self.documents),
+            on_step=lambda i, loss: on_step(Step(i, c.steps, loss, phase="distillation")),
+        )  # fmt: skip
+        return factors, (round(before, 6), round(after, 6))
+
+    @property
+    def mode_label(self) -> str:
+        return "hypernetwork" if self.config.mode == "hypernet" else SIMULATED_LABEL
+
+    # ---- switching off, state -----------------------------------------------------------------------
+    @contextmanager
+    def disabled(self):
+        was, self.enabled = self.enabled, False
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            self.enabled = was
+
+    def state_dict(self) -> dict:
+        return lora.peft_state(self.factors) if self.factors else {}
+
+    def load_state_dict(self, tensors: dict) -> None:
+        factors = lora.from_peft_state(tensors)
+        if not set(factors) <= set(self.names):
+            raise InputError(f"doc2lora: saved adapter targets modules this configuration does not ({sorted(set(factors) - set(self.names))[:2]})")
+        device = lora.unwrap(self.model).device
+        self.factors = {k: (a.to(device), b.to(device)) for k, (a, b) in factors.items()}
+        lora.install(self.model, self.factors)
+
+    def extra_state(self) -> dict:
+        hypernet = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256} if self.hypernet_sha256 else None
+        return {"mode": self.mode_label, "hypernet": hypernet, "documents": self.documents} if self.documents else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.documents = list(state.get("documents", []))
+        self.hypernet_sha256 = (state.get("hypernet") or {}).get("sha256")
+
+    def describe(self) -> dict:
+        info = {"mode": self.mode_label, "modules": len(self.names), "rank": lora.rank(self.factors), "documents": len(self.documents)}
+        if self.hypernet_path is not None:
+            info["hypernet"] = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256 or file_sha256(self.hypernet_path)}
+        return info

@@ -1,0 +1,269 @@
+"""doc2lora on tiny models: the hypernetwork's LoRA in a standard peft adapter, accumulation, the trainer,
+its checkpoints, simulated mode and the invented training data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from clslm.benchdata import load_facts
+from clslm.documents import Document
+from clslm.models import load_model, resolve_model
+from clslm.session import Session
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig, lora
+from clslm.strategies.doc2lora.distill import kl_loss, teach
+from clslm.strategies.doc2lora.hypernet import load_hypernet, save_hypernet
+from clslm.strategies.doc2lora.reading import ids, reader_prefix
+from clslm.strategies.doc2lora.simulated import sentence_probes
+from clslm.strategies.doc2lora.synthetic import bench_words, synthetic_doc
+from clslm.strategies.doc2lora.train import Trainer, TrainSettings
+
+from conftest import DOCUMENT
+
+SECOND = "The Orvane Ferry crosses the Lisk estuary. It was founded by Mirela Tansk in 1871 and carries 60 cars."
+TINY = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=64, lr=3e-3)
+
+
+def load(model_dir):
+    source = resolve_model(str(model_dir))
+    model, tokenizer = load_model(source, device="cpu", dtype="float32")
+    return model, tokenizer, source
+
+
+def trainer(model_dir, out: Path, **settings) -> Trainer:
+    model, tokenizer, source = load(model_dir)
+    return Trainer(model, tokenizer, TrainSettings(**(TINY | settings)), out, fingerprint=source.fingerprint, cpu=True)
+
+
+@pytest.fixture(scope="module")
+def hypernet_file(llama_dir, tmp_path_factory) -> Path:
+    """A hypernetwork for the tiny Llama, meta-trained for a few steps (B's head is no longer zero)."""
+    out = tmp_path_factory.mktemp("hypernet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLSLM_HOME", str(tmp_path_factory.mktemp("home")))
+        t = trainer(llama_dir, out, steps=4)
+        t.build(resume=False)
+        t.run()
+    return out / "hypernet.safetensors"
+
+
+def strategy(model_dir, **options) -> Doc2LoRA:
+    model, tokenizer, source = load(model_dir)
+    return Doc2LoRA(model, tokenizer, Doc2LoRAConfig(**options), StrategyContext(source.fingerprint))
+
+
+def logits(model, tokenizer, text: str = DOCUMENT) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"]).logits
+
+
+# ---- the adapter -----------------------------------------------------------------------------------------
+def test_generated_lora_changes_logits_only_when_enabled(llama_dir, hypernet_file):
+    s = strategy(llama_dir, hypernet=str(hypernet_file))
+    base, tokenizer, _ = load(llama_dir)
+    assert torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
+    report = s.learn(Document("kessenbrock", DOCUMENT))
+    assert report.extra["mode"] == "hypernetwork" and report.extra["rank"] == 4 * report.extra["chunks"]
+    assert not torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
+    with s.disabled():
+        assert torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
+    assert s.enabled and not torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
+
+
+def test_peft_adapter_keys_are_standard_and_the_adapter_merges(llama_dir, hypernet_file, tmp_path):
+    from peft import PeftModel, get_peft_model_state_dict
+
+    s = strategy(llama_dir, hypernet=str(hypernet_file))
+    s.learn(Document("kessenbrock", DOCUMENT))
+    state = s.state_dict()
+    peft_state = get_peft_model_state_dict(s.model, adapter_name=lora.ADAPTER)
+    assert set(state) == set(peft_state) and all(torch.equal(state[k], peft_state[k]) for k in state)
+    assert all(re.fullmatch(r"base_model\.model\.model\.layers\.\d+\.mlp\.down_proj\.lora_[AB]\.weight", k) for k in state)
+    # What peft writes with save_pretrained loads back into a fresh base model, and merges into its weights.
+    s.model.save_pretrained(tmp_path / "adapter", selected_adapters=[lora.ADAPTER])
+    fresh, tokenizer, _ = load(llama_dir)
+    adapter_dir = tmp_path / "adapter" / lora.ADAPTER
+    reloaded = PeftModel.from_pretrained(fresh, adapter_dir if adapter_dir.is_dir() else tmp_path / "adapter")
+    expected = logits(s.model, tokenizer)
+    assert torch.allclose(logits(reloaded, tokenizer), expected, atol=1e-5)
+    merged = s.model.merge_and_unload()
+    assert torch.allclose(logits(merged, tokenizer), expected, atol=1e-4)
+
+
+def test_two_documents_accumulate(llama_dir, hypernet_file):
+    s = strategy(llama_dir, hypernet=str(hypernet_file))
+    s.learn(Document("one", DOCUMENT))
+    first = lora.read(s.model)
+    s.learn(Document("two", SECOND))
+    both = lora.read(s.model)
+    alone = strategy(llama_dir, hypernet=str(hypernet_file))
+    alone.learn(Document("two", SECOND))
+    second = lora.read(alone.model)
+    assert lora.rank(both) == lora.rank(first) + lora.rank(second)
+    for name in both:  # the adapter holds the sum of the two documents' deltas, not the last one
+        assert torch.allclose(lora.delta(both, name), lora.delta(first, name) + lora.delta(second, name), atol=1e-6)
+    assert [d["name"] for d in s.extra_state()["documents"]] == ["one", "two"]
+
+
+def test_beyond_max_rank_the_sum_is_its_best_low_rank_approximation():
+    torch.manual_seed(0)
+    parts = [{"m": (torch.randn(4, 12), torch.randn(10, 4))} for _ in range(3)]
+    summed = lora.concat(parts)
+    capped = lora.cap(summed, 5)
+    assert lora.rank(capped) == 5
+    dense = lora.delta(summed, "m")
+    u, s, vh = torch.linalg.svd(dense)
+    best = (u[:, :5] * s[:5]) @ vh[:5]
+    assert torch.allclose(lora.delta(capped, "m"), best, atol=1e-4)
+    assert torch.allclose(lora.delta(lora.mean(parts), "m"), dense / 3, atol=1e-5)
+
+
+def test_session_round_trip_and_info_name_the_hypernetwork(llama_dir, hypernet_file, tmp_path):
+    path = tmp_path / "session"
+    options = {"hypernet": str(hypernet_file)}
+    with Session.create(path, model=str(llama_dir), strategy="doc2lora", options=options, device="cpu") as session:
+        session.learn([Document("kessenbrock", DOCUMENT)])
+        saved = logits(session.strategy().model, session.strategy().tokenizer)
+    with Session.open(path, device="cpu") as session:
+        s = session.strategy()
+        assert torch.equal(logits(s.model, s.tokenizer), saved)
+        info = session.info()["strategy"]["state"]
+        assert info["mode"] == "hypernetwork" and info["hypernet"]["path"] == str(hypernet_file)
+        assert len(info["hypernet"]["sha256"]) == 64
+        extra = json.loads((path / session.manifest["state"]["extra"]["file"]).read_text())
+        assert extra["hypernet"] == {"path": str(hypernet_file), "sha256": info["hypernet"]["sha256"]}
+
+
+def test_a_model_without_a_trained_hypernetwork_is_told_what_to_do(llama_dir):
+    with pytest.raises(Exception, match="no trained hypernetwork for this model.*mode=simulated") as e:
+        strategy(llama_dir)
+    assert e.value.exit_code == 3
+
+
+def test_a_hypernetwork_for_another_model_is_refused(model_dir, llama_dir, hypernet_file):
+    if model_dir == llama_dir:
+        pytest.skip("same model")
+    with pytest.raises(Exception, match="trained for model|does not fit") as e:
+        strategy(model_dir, hypernet=str(hypernet_file))
+    assert e.value.exit_code == 3
+
+
+# ---- the trainer -----------------------------------------------------------------------------------------
+def facts_file(path: Path, docs) -> Path:
+    rows = [{"id": d.id, "title": d.title, "document": d.document, "qa": [{"question": q.question, "answers": list(q.answers)} for q in d.qa]} for d in docs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_trainer_reduces_the_loss_on_a_tiny_synthetic_set(llama_dir, tmp_path):
+    data = facts_file(tmp_path / "tiny.jsonl", [synthetic_doc(7, i) for i in range(4)])
+    t = trainer(llama_dir, tmp_path / "out", data=str(data), steps=30, eval_every=10, l1=0.0)
+    t.build(resume=False)
+    episodes = [t._episode(t.doc_at(i), f"train:{i}") for i in range(2)]
+
+    def training_kl() -> float:
+        from clslm.strategies.doc2lora.train import episode_loss
+
+        with torch.no_grad():
+            return sum(episode_loss(t.model, t.net, t.plain_net, t.names, e, t.pad, 0.0)[1] for e in episodes)
+
+    before = training_kl()
+    report = t.run()
+    assert training_kl() < 0.7 * before
+    assert [p["step"] for p in report["curve"]] == [0, 10, 20, 30]
+    assert json.loads((tmp_path / "out" / "curve.json").read_text())["curve"] == report["curve"]
+    assert (tmp_path / "out" / "curve.csv").read_text().splitlines()[0] == "step,seconds,train_kl,val_kl"
+
+
+def test_evaluation_never_trains(llama_dir, tmp_path):
+    t = trainer(llama_dir, tmp_path / "out")
+    t.build(resume=False)
+    before = {k: v.clone() for k, v in t.plain_net.state_dict().items()}
+    assert t.evaluate() == t.evaluate()
+    assert all(torch.equal(v, before[k]) for k, v in t.plain_net.state_dict().items())
+
+
+def test_checkpoints_round_trip_and_resume_continues_the_same_run(llama_dir, tmp_path):
+    straight = trainer(llama_dir, tmp_path / "straight", steps=4)
+    straight.build(resume=False)
+    straight.run()
+    first = trainer(llama_dir, tmp_path / "resumed", steps=2)
+    first.build(resume=False)
+    first.run()
+    second = trainer(llama_dir, tmp_path / "resumed", steps=4)
+    second.build(resume=True)
+    assert second.step == 2
+    second.run()
+    a, b = straight.plain_net.state_dict(), second.plain_net.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # The shipped format loads back to the same function.
+    net = load_hypernet(tmp_path / "straight" / "hypernet.safetensors")
+    save_hypernet(net, tmp_path / "again.safetensors")
+    features = torch.randn(len(net.config.layers), 5, net.config.d_model)
+    for (a1, b1), (a2, b2) in zip(net(features), load_hypernet(tmp_path / "again.safetensors")(features)):
+        assert torch.equal(a1, a2) and torch.equal(b1, b2)
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(llama_dir, tmp_path):
+    t = trainer(llama_dir, tmp_path / "out", steps=2)
+    t.build(resume=False)
+    t.run()
+    with pytest.raises(Exception, match="other settings") as e:
+        trainer(llama_dir, tmp_path / "out", steps=4, rank=2).build(resume=True)
+    assert e.value.exit_code == 3
+
+
+def test_training_on_a_bench_document_is_refused(llama_dir, tmp_path):
+    bench = load_facts()[:1]
+    data = facts_file(tmp_path / "leak.jsonl", [*bench, *[synthetic_doc(1, i) for i in range(3)]])
+    with pytest.raises(Exception, match="is a bench document"):
+        trainer(llama_dir, tmp_path / "out", data=str(data))
+
+
+# ---- simulated mode --------------------------------------------------------------------------------------
+def test_simulated_mode_reduces_kl_on_its_document(llama_dir):
+    s = strategy(llama_dir, mode="simulated", steps=10, lr=1e-3)
+    report = s.learn(Document("kessenbrock", DOCUMENT))
+    assert report.extra["mode"].startswith("simulated") and s.describe()["mode"].startswith("simulated")
+    assert report.loss_after < report.loss_before
+    # Measured independently: the probes' KL with the installed adapter vs with it switched off.
+    model, tokenizer = s.model, s.tokenizer
+    with s.disabled():
+        document = [t for t in ids(tokenizer, DOCUMENT)]
+        targets = teach(model, tokenizer, reader_prefix(tokenizer), document, sentence_probes(DOCUMENT, 12))
+        without = float(kl_loss(model, targets, tokenizer.pad_token_id))
+    with torch.no_grad():
+        assert float(kl_loss(model, targets, tokenizer.pad_token_id)) < without
+
+
+# ---- invented training data ------------------------------------------------------------------------------
+def test_synthetic_documents_are_deterministic_and_answerable():
+    first, again = synthetic_doc(3, 11), synthetic_doc(3, 11)
+    assert first == again and first != synthetic_doc(3, 12)
+    for doc in (synthetic_doc(0, i) for i in range(50)):
+        assert 3 <= len(doc.qa) <= 6
+        assert all(qa.answers[0] in doc.document for qa in doc.qa if not qa.answers[0].startswith("the "))
+
+
+def test_synthetic_documents_share_no_name_with_the_bench():
+    bench = load_facts()
+    names = {a for d in bench for qa in d.qa for a in qa.answers if a[:1].isupper() and len(a) > 3} | {d.title for d in bench}
+    docs = [synthetic_doc(0, i) for i in range(300)]
+    text = " ".join(d.document for d in docs)
+    assert not {n for n in names if re.search(rf"\b{re.escape(n)}\b", text)}
+    invented = {w for d in docs for w in re.findall(r"\b[A-Z][a-z]{3,}\b", d.document)}
+    assert len(invented) > 500 and not {w for w in invented if w.lower() in bench_words() and w.lower() not in COMMON}
+
+
+# Capitalised template words that the bench documents also use (sentence starts, cup, club, ...), not names.
+COMMON = {"the", "its", "work", "later", "little", "local", "records", "several", "opinions", "passing", "opening", "cup", "club",
+          "mill", "bridge", "tower", "lighthouse", "library", "hall", "market", "street", "square", "lane", "road", "rowing",
+          "hockey", "cricket", "rugby", "cycling", "atlas", "survey", "letters", "method", "journal", "mohs", "that", "visitors",
+          "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december",
+          "dam", "observatory", "money", "using", "current", "program", "settings", "final", "winning", "opening", "mineral", "details",
+          "surrounding", "short", "plan"}
