@@ -125,6 +125,7 @@ def staging(out: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _readable(tmp)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             os.replace(out, old)
@@ -132,6 +133,15 @@ def staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable(directory: Path) -> None:
+    """Files as the umask would make them: safetensors writes 0600, an export is meant to be shared."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 # ---- merged ----------------------------------------------------------------------------------------
