@@ -2,7 +2,8 @@
 
 A model that only reads a document learns to continue it, not to answer questions about it. So every
 sentence is also taught as the reply to questions about it: a question about the document's subject,
-and cue prompts made of a few of the sentence's own words (what a question shares with its answer).
+questions made by masking the sentence's answer spans (questions.py), and, where it has too few of
+those, cue prompts made of a few of its own words (what a question shares with its answer).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..documents import Document, split_sentences
 from ..generation import chat_prompt
+from .questions import questions_for
 
 
 @dataclass
@@ -88,7 +90,11 @@ def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sente
     frequency = Counter(w.lower() for s in sentences for w in set(content_words(s)))
     for sentence in sentences:
         pairs.append((f"What do you know about {topic}?", sentence))
-        pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in cues(sentence, questions_per_sentence, rng, frequency)]
+        masked = questions_for(sentence, topic)
+        masked = rng.sample(masked, min(len(masked), questions_per_sentence))
+        pairs += [(question, sentence) for question in masked]
+        extra = cues(sentence, questions_per_sentence - len(masked), rng, frequency)
+        pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in extra]
     return pairs
 
 

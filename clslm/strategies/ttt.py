@@ -78,13 +78,16 @@ class NeuronPatch(nn.Module):
         self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
         self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
-        """mlp'(x) − mlp(x) over this patch's neurons, scaled by alpha."""
-        i = self.index
-        w_gate, w_up, w_down = mlp.gate_proj.weight[i], mlp.up_proj.weight[i], mlp.down_proj.weight[:, i]
-        old = mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)
+    def forward(self, x: torch.Tensor, mlp: nn.Module, mlp_out: torch.Tensor) -> torch.Tensor:
+        """mlp'(x) − mlp(x) over this patch's neurons, scaled by alpha (`mlp_out` is mlp(x))."""
+        i, gate, up, down = self.index, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+        if i.numel() == down.shape[1]:  # every neuron (indices sorted): the frozen part is mlp(x) itself
+            w_gate, w_up, w_down, old_out = gate, up, down, mlp_out
+        else:
+            w_gate, w_up, w_down = gate[i], up[i], down[:, i]
+            old_out = (mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
         new = mlp.act_fn(x @ (w_gate + self.gate).T) * (x @ (w_up + self.up).T)
-        return self.alpha * (new @ (w_down + self.down).T - old @ w_down.T)
+        return self.alpha * (new @ (w_down + self.down).T - old_out)
 
 
 class DualMLP(nn.Module, DeltaModule):
@@ -97,11 +100,12 @@ class DualMLP(nn.Module, DeltaModule):
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mlp(x)
+        mlp_out = self.mlp(x)
+        y = mlp_out
         if self.enabled:
             for patch in self.ttt_patches:
                 if patch.route:
-                    y = y + patch(x, self.mlp)
+                    y = y + patch(x, self.mlp, mlp_out)
         return y
 
 
