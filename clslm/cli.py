@@ -250,8 +250,10 @@ def interactive(
 ) -> None:
     """A REPL with the model loaded once: type questions; :learn PATH, :reset, :info, :quit."""
     from .interactive import run_repl
+    from .models import pick_device, pick_dtype
     from .session import Session
 
+    pick_dtype(dtype, pick_device(device))  # the model loads at the first question: check these now, not there
     with Session.open_or_create(session, model=model, strategy=strategy, options=parse_kv(option), device=device, dtype=dtype) as s:
         run_repl(s, first_document=path, console=out, errors=err, max_new_tokens=max_new_tokens)
 
