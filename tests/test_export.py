@@ -313,7 +313,7 @@ def test_cli_export_text_output(tmp_path, ttt_session, capfd):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cli_device_cuda_without_gpu_is_one_line(tmp_path, ttt_session, capfd):
-    for args in (["export", tmp_path / "out"], ["ask", QUESTION]):
+    for args in (["export", tmp_path / "out"], ["ask", QUESTION], ["interactive"]):
         code, out, err = run(capfd, *args, "-s", ttt_session.path, "--device", "cuda")
         assert code == 3 and out == "" and err.strip().splitlines() == ["error: --device cuda: no CUDA GPU is available here"]
     code, _, err = run(capfd, "export", tmp_path / "out", "-s", ttt_session.path, "--dtype", "float8")
