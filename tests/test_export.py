@@ -336,3 +336,17 @@ def test_export_help_explains_each_format(capfd):
     text = " ".join(out.split())
     for words in ("--format merged", "AutoModelForCausalLM.from_pretrained", "--format peft", "PeftModel.from_pretrained", "truncated SVD", "--format context", "ttt-linear cannot be exported", "--force"):
         assert words in text, words
+
+
+def test_doc2lora_exports_merged_and_peft(tmp_path, llama_dir):
+    with new_session(tmp_path / "session", llama_dir, strategy="doc2lora") as s:
+        s.learn([Document("kessenbrock", DOCUMENT)])
+        asked = session_logits(s)
+        with s.strategy().disabled():
+            base = session_logits(s)
+        peft_report = s.export(tmp_path / "adapter", format="peft")
+        merged_report = s.export(tmp_path / "merged")
+    assert peft_report.exact and merged_report.exact
+    assert (asked - base).abs().max() > 100 * TOL, "the LoRA must change the model for this test to mean anything"
+    assert (reload_logits(llama_dir, tmp_path / "adapter") - asked).abs().max() < TOL
+    assert (reload_logits(tmp_path / "merged") - asked).abs().max() < TOL
