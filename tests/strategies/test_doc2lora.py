@@ -18,7 +18,7 @@ from clslm.strategies.base import StrategyContext
 from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig, lora
 from clslm.strategies.doc2lora.distill import kl_loss, teach
 from clslm.strategies.doc2lora.hypernet import load_hypernet, save_hypernet
-from clslm.strategies.doc2lora.reading import ids, reader_prefix
+from clslm.strategies.doc2lora.reading import ids, read, reader_prefix
 from clslm.strategies.doc2lora.simulated import sentence_probes
 from clslm.strategies.doc2lora.synthetic import bench_words, synthetic_doc
 from clslm.strategies.doc2lora.train import Trainer, TrainSettings
@@ -177,7 +177,7 @@ def test_trainer_reduces_the_loss_on_a_tiny_synthetic_set(llama_dir, tmp_path):
     assert training_kl() < 0.7 * before
     assert [p["step"] for p in report["curve"]] == [0, 10, 20, 30]
     assert json.loads((tmp_path / "out" / "curve.json").read_text())["curve"] == report["curve"]
-    assert (tmp_path / "out" / "curve.csv").read_text().splitlines()[0] == "step,seconds,train_kl,val_kl"
+    assert (tmp_path / "out" / "curve.csv").read_text().splitlines()[0] == "step,seconds,train_kl,val_kl,val_kl_other_doc"
 
 
 def test_evaluation_never_trains(llama_dir, tmp_path):
@@ -204,8 +204,9 @@ def test_checkpoints_round_trip_and_resume_continues_the_same_run(llama_dir, tmp
     # The shipped format loads back to the same function.
     net = load_hypernet(tmp_path / "straight" / "hypernet.safetensors")
     save_hypernet(net, tmp_path / "again.safetensors")
-    features = torch.randn(len(net.config.layers), 5, net.config.d_model)
-    for (a1, b1), (a2, b2) in zip(net(features), load_hypernet(tmp_path / "again.safetensors")(features)):
+    model, tokenizer, _ = load(llama_dir)
+    reading = read(model, reader_prefix(tokenizer), ids(tokenizer, DOCUMENT), net.config.layers, straight.names)
+    for (a1, b1), (a2, b2) in zip(net(reading), load_hypernet(tmp_path / "again.safetensors")(reading)):
         assert torch.equal(a1, a2) and torch.equal(b1, b2)
 
 
@@ -267,3 +268,48 @@ COMMON = {"the", "its", "work", "later", "little", "local", "records", "several"
           "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december",
           "dam", "observatory", "money", "using", "current", "program", "settings", "final", "winning", "opening", "mineral", "details",
           "surrounding", "short", "plan"}
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+def cli(capfd, *args) -> tuple[int, str, str]:
+    from clslm.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_cli_trains_then_learns_and_asks_with_the_hypernetwork(capfd, llama_dir, tmp_path):
+    out = tmp_path / "hn"
+    args = ["doc2lora", "train", "--model", llama_dir, "--out", out, "--steps", "3", "--val-docs", "2", "--eval-every", "3", "--width", "16", "--rank", "2", "--device", "cpu"]
+    code, stdout, err = cli(capfd, *args, "--plot", tmp_path / "curve.png", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert [p["step"] for p in report["curve"]] == [0, 3] and (tmp_path / "curve.png").stat().st_size > 0
+    assert {p.name for p in out.iterdir()} == {"hypernet.safetensors", "checkpoint.safetensors", "curve.json", "curve.csv"}
+    code, stdout, err = cli(capfd, *args, "--steps", "5", "--resume", "--json")
+    assert code == 0, err
+    assert [p["step"] for p in json.loads(stdout)["curve"]] == [0, 3, 5]
+    session, doc = tmp_path / "session", tmp_path / "doc.txt"
+    doc.write_text(DOCUMENT)
+    hypernet = f"hypernet={out / 'hypernet.safetensors'}"
+    code, stdout, err = cli(capfd, "learn", doc, "-s", session, "--model", llama_dir, "--strategy", "doc2lora", "-o", hypernet, "--device", "cpu", "--json")
+    assert code == 0, err
+    learned = json.loads(stdout)["documents"][0]
+    assert learned["extra"]["mode"] == "hypernetwork" and learned["extra"]["rank"] == 2
+    code, stdout, err = cli(capfd, "ask", "Who built it?", "-s", session, "--device", "cpu", "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    assert json.loads(stdout)["context_tokens"] == 0
+    code, stdout, _ = cli(capfd, "info", "-s", session)
+    assert "mode=hypernet" in stdout
+
+
+def test_cli_refuses_the_default_hypernetwork_for_another_model(capfd, llama_dir, tmp_path):
+    (tmp_path / "doc.txt").write_text(DOCUMENT)
+    code, stdout, err = cli(capfd, "learn", tmp_path / "doc.txt", "-s", tmp_path / "s", "--model", llama_dir, "--strategy", "doc2lora", "--device", "cpu")
+    assert code == 3 and stdout == "" and len(err.strip().splitlines()) == 1
+    assert "no trained hypernetwork" in err and not (tmp_path / "s").exists()

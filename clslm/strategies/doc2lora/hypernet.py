@@ -7,11 +7,17 @@ chunk, self-attention among the latents, an MLP). Latent i then becomes row i of
 through one linear head per target module. The layers share every weight except their embeddings,
 which keeps the network a few MB for a 30-layer model.
 
+The copy path (config.copy) gives each latent a direct line to the document: an attention readout picks
+tokens of the chunk; A's row leans toward what the target module read at those tokens and B's column
+gains the output embedding of the tokens that followed them. At answer time a context like the one before
+a fact then writes the fact's next token: an induction head stored in the weights, which a small network
+trained for minutes on a CPU can learn to aim, where learning to write facts from scratch would take days.
+
 Scale: the modules of a model differ by orders of magnitude (SmolLM2's down_proj inputs have norms
 from 5 to 130 depending on the layer), so each A row is a unit direction divided by the module's typical
-input norm, and each B column is the head's output times the module's typical output norm / √d_out
-(both norms measured on the base model by `calibrate`). B's head starts at zero: an untrained
-hypernetwork emits a LoRA that changes nothing.
+input norm, and each B column is a head's output times the module's typical output norm (both norms
+measured on the base model when training starts, kept as buffers). B's heads start at zero: an
+untrained hypernetwork emits a LoRA that changes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from torch import nn
 
 from ...errors import InputError
+from .reading import Reading
 
 FORMAT = "clslm-doc2lora-hypernet/1"
 
@@ -41,6 +48,7 @@ class HypernetConfig:
     heads: int = 4
     blocks: int = 2
     chunk_tokens: int = 256  # longest chunk it reads
+    copy: bool = True  # the copy path: A leans toward read inputs, B writes the tokens that followed
     model_fingerprint: str = ""
     extra: dict = field(default_factory=dict)  # free-form facts (training data, cost) kept with the weights
 
@@ -75,30 +83,45 @@ class Hypernet(nn.Module):
         self.blocks = nn.ModuleList(Block(width, config.heads) for _ in range(config.blocks))
         self.out_norm = nn.LayerNorm(width)
         self.head_a = nn.ModuleList(nn.Linear(width, d_in) for d_in, _ in config.shapes)
-        self.head_b = nn.ModuleList(nn.Linear(width, d_out) for _, d_out in config.shapes)
-        for head in self.head_b:
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        self.head_b = nn.ModuleList(_zero(nn.Linear(width, d_out)) for _, d_out in config.shapes)
+        if config.copy:
+            self.pick_q, self.pick_k = nn.Linear(width, width), nn.Linear(width, width)
+            self.head_gain = nn.ModuleList(_zero(nn.Linear(width, 1)) for _ in config.shapes)
+            self.key_mix = nn.Parameter(torch.zeros(n_layers * n_targets))
         self.register_buffer("in_scale", torch.ones(n_layers * n_targets))
         self.register_buffer("out_scale", torch.ones(n_layers * n_targets))
 
-    def forward(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """features (layers, tokens, d_model) → [(A (rank, d_in), B (d_out, rank))] per (layer, target), layer-major."""
+    def forward(self, reading: Reading) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A chunk's Reading → [(A (rank, d_in), B (d_out, rank))] per (layer, target), layer-major."""
         n_layers, n_targets = len(self.config.layers), len(self.config.targets)
-        x = self.read(features.to(self.layer_emb.dtype)) + self.layer_emb[:, None]
-        x = x.repeat_interleave(n_targets, dim=0)
-        tags = self.layer_emb.repeat_interleave(n_targets, dim=0) + self.target_emb.repeat(n_layers, 1)
-        z = self.latents[None] + tags[:, None]
+        x = self.read(reading.hidden.to(self.layer_emb.dtype)) + self.layer_emb[:, None]
+        z = self.latents[None] + self.layer_emb[:, None] + self.target_emb[:, None, None]  # (targets, layers, rank, width)
+        z = z.reshape(n_targets * n_layers, self.config.rank, -1)
+        x = x.repeat(n_targets, 1, 1)  # target-major, like z
         for block in self.blocks:
             z = block(z, x)
-        z = self.out_norm(z)
-        out = []
-        for i in range(n_layers * n_targets):
-            t, d_out = i % n_targets, self.config.shapes[i % n_targets][1]
-            a = self.head_a[t](z[i])
-            a = a / (a.norm(dim=-1, keepdim=True) + 1e-6) / self.in_scale[i]
-            out.append((a, self.head_b[t](z[i]).T * (self.out_scale[i] / d_out**0.5)))
+        z, out = self.out_norm(z), [None] * (n_layers * n_targets)
+        for t in range(n_targets):
+            rows = slice(t * n_layers, (t + 1) * n_layers)
+            modules = list(range(t, n_layers * n_targets, n_targets))  # their layer-major indices
+            for layer, (a, b) in enumerate(zip(*self._factors(t, z[rows], x[rows], [reading.inputs[i] for i in modules], reading.following, modules))):
+                out[modules[layer]] = (a, b)
         return out
+
+    def _factors(self, t: int, z: torch.Tensor, x: torch.Tensor, inputs: list[torch.Tensor], following: torch.Tensor, modules: list[int]):
+        """A (layers, rank, d_in) and B (layers, d_out, rank) for target t."""
+        d_in, d_out = self.config.shapes[t]
+        in_scale, out_scale = self.in_scale[modules][:, None, None], self.out_scale[modules][:, None, None]
+        a, b = _unit(self.head_a[t](z)), self.head_b[t](z) * out_scale / d_out**0.5
+        if self.config.copy:
+            # Latent i picks doc tokens; its A row leans toward what this module read there, its B column
+            # writes the output embedding of the token that followed (an in-weights induction head).
+            pick = torch.softmax(self.pick_q(z) @ self.pick_k(x).transpose(1, 2) / z.shape[-1] ** 0.5, dim=-1)
+            key = pick @ torch.stack(inputs).to(z.dtype)
+            a = _unit(a + self.key_mix[modules].exp()[:, None, None] * _unit(key))
+            if d_out == self.config.d_model:
+                b = b + self.head_gain[t](z) * _unit(pick @ following.to(z.dtype)) * out_scale
+        return a / in_scale, b.transpose(1, 2)
 
     def penalty(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Mean |B| in units of each module's own output scale (A is a unit direction: nothing to shrink)."""
@@ -108,6 +131,16 @@ class Hypernet(nn.Module):
     def set_scales(self, in_norms: torch.Tensor, out_norms: torch.Tensor) -> None:
         self.in_scale.copy_(in_norms.clamp_min(1e-3))
         self.out_scale.copy_(out_norms.clamp_min(1e-3))
+
+
+def _zero(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / (v.norm(dim=-1, keepdim=True) + 1e-6)
 
 
 def save_hypernet(net: Hypernet, path: str | Path) -> None:

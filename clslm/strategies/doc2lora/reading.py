@@ -7,6 +7,8 @@ learn time are exactly those of the in-context teacher it was trained to imitate
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +63,42 @@ def decoder(model):
     return unwrap(model).base_model
 
 
+@dataclass
+class Reading:
+    """What the hypernetwork sees of one chunk, all at the chunk's tokens."""
+
+    hidden: torch.Tensor  # (layers, tokens, d_model): hidden states entering each target layer
+    inputs: list[torch.Tensor]  # per target module (layer-major): (tokens, d_in), what the module reads
+    following: torch.Tensor  # (tokens, d_model): output embedding of the next token (zeros after the last)
+
+
+@contextmanager
+def capturing(model, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward pass records the input of each named module."""
+    base, seen = unwrap(model), {}
+    hooks = [base.get_submodule(n).register_forward_hook(lambda m, args, out, n=n: seen.__setitem__(n, args[0].detach())) for n in names]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def reading(model, hidden_states, seen: dict[str, torch.Tensor], start: int, chunk: list[int], layers: list[int], names: list[str]) -> Reading:
+    """A Reading from one forward pass over prefix + chunk (the chunk begins at position `start`)."""
+    end = start + len(chunk)
+    embeddings = unwrap(model).get_output_embeddings().weight
+    following = torch.zeros(len(chunk), embeddings.shape[1], device=embeddings.device)
+    if len(chunk) > 1:
+        following[:-1] = embeddings[torch.tensor(chunk[1:], device=embeddings.device)].float()
+    hidden = torch.stack([hidden_states[layer][0, start:end] for layer in layers]).float()
+    return Reading(hidden, [seen[n][0, start:end].float() for n in names], following)
+
+
 @torch.no_grad()
-def activations(model, prefix: list[int], chunk: list[int], layers: list[int]) -> torch.Tensor:
-    """Hidden states entering each of `layers` at the chunk's tokens: (len(layers), len(chunk), d_model)."""
-    device = unwrap(model).device
-    input_ids = torch.tensor([prefix + chunk], device=device)
-    hidden = decoder(model)(input_ids=input_ids, output_hidden_states=True, use_cache=False).hidden_states
-    return torch.stack([hidden[layer][0, len(prefix) :] for layer in layers]).float()
+def read(model, prefix: list[int], chunk: list[int], layers: list[int], names: list[str]) -> Reading:
+    """One forward pass of the transformer stack over prefix + chunk."""
+    input_ids = torch.tensor([prefix + chunk], device=unwrap(model).device)
+    with capturing(model, names) as seen:
+        hidden = decoder(model)(input_ids=input_ids, output_hidden_states=True, use_cache=False).hidden_states
+    return reading(model, hidden, seen, len(prefix), chunk, layers, names)

@@ -26,7 +26,7 @@ from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from . import lora
 from .hypernet import read_config
-from .reading import activations, chunks, ids, reader_prefix
+from .reading import chunks, ids, read, reader_prefix
 from .simulated import simulate
 
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
@@ -148,7 +148,7 @@ class Doc2LoRA(Strategy):
         pieces = chunks(self.tokenizer, document.text, size)
         parts = []
         for i, piece in enumerate(pieces, start=1):
-            pairs = net(activations(self.model, prefix, piece, self.layers))
+            pairs = net(read(self.model, prefix, piece, self.layers, self.names))
             parts.append({name: (a.detach(), b.detach()) for name, (a, b) in zip(self.names, pairs)})
             on_step(Step(i, len(pieces), phase="hypernetwork"))
         return (lora.concat(parts) if self.config.combine == "concat" else lora.mean(parts)), len(pieces)

@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import Targets, kl_loss, question_probe, teach
 from .hypernet import Hypernet, HypernetConfig, save_hypernet
 from .lora import Factors, applied, concat, module_names
-from .reading import activations, chunks, ids, reader_prefix
+from .reading import Reading, chunks, ids, read, reader_prefix
 from .synthetic import synthetic_doc
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation documents come from another stream than training ones
@@ -87,24 +87,24 @@ def _refuse_bench_documents(docs: list[FactsDoc], path: str) -> None:
 class Episode:
     """A document's teacher targets and the activations of its chunks (computed without gradients)."""
 
-    def __init__(self, model, tokenizer, doc: FactsDoc, layers: list[int], chunk_tokens: int, questions: int, rng: random.Random):
+    def __init__(self, model, tokenizer, doc: FactsDoc, layers: list[int], names: list[str], chunk_tokens: int, questions: int, rng: random.Random):
         prefix = reader_prefix(tokenizer)
         pieces = chunks(tokenizer, doc.document, chunk_tokens)
         probes = [question_probe(qa.question, qa.answers[0]) for qa in rng.sample(list(doc.qa), k=min(questions, len(doc.qa)))]
         document = [t for piece in pieces for t in piece]
-        self.targets: Targets = teach(model, tokenizer, prefix, document, probes, layers if len(pieces) == 1 else None)
-        self.features = [self.targets.features] if len(pieces) == 1 else [activations(model, prefix, p, layers) for p in pieces]
+        self.targets: Targets = teach(model, tokenizer, prefix, document, probes, (layers, names) if len(pieces) == 1 else None)
+        self.readings = [self.targets.reading] if len(pieces) == 1 else [read(model, prefix, p, layers, names) for p in pieces]
 
 
-def generate(net, names: list[str], features: list[torch.Tensor]) -> tuple[Factors, list]:
+def generate(net, names: list[str], readings: list[Reading]) -> tuple[Factors, list]:
     """The document's LoRA (one hypernetwork pass per chunk, chunk LoRAs stacked along the rank) and the raw passes."""
-    passes = [net(f) for f in features]
+    passes = [net(r) for r in readings]
     return concat([dict(zip(names, pairs)) for pairs in passes]), passes
 
 
 def episode_loss(model, net, plain_net: Hypernet, names: list[str], episode: Episode, pad_id: int, l1: float) -> tuple[torch.Tensor, float]:
     """(KL + l1 · penalty, the KL alone); `plain_net` is `net` without a distributed wrapper."""
-    factors, passes = generate(net, names, episode.features)
+    factors, passes = generate(net, names, episode.readings)
     with applied(model, factors):
         kl = kl_loss(model, episode.targets, pad_id)
     penalty = torch.stack([plain_net.penalty(pairs) for pairs in passes]).mean()
@@ -185,7 +185,7 @@ class Trainer:
     def _episode(self, doc: FactsDoc, key: str) -> Episode:
         rng = random.Random(f"{self.settings.seed}:{key}")
         with self.accelerator.autocast():
-            return Episode(self.model, self.tokenizer, doc, self.layers, self.settings.chunk_tokens, self.settings.qa_per_doc, rng)
+            return Episode(self.model, self.tokenizer, doc, self.layers, self.names, self.settings.chunk_tokens, self.settings.qa_per_doc, rng)
 
     def indices(self) -> Iterator[int]:
         """This process's training documents from the current step on (every n-th under accelerate launch)."""
@@ -205,12 +205,20 @@ class Trainer:
         return kl
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean KL on the validation documents; never updates anything."""
+    def evaluate(self) -> tuple[float, float]:
+        """Mean validation KL with each document's own LoRA, and with the next document's LoRA (what is
+        not specific to the document). Never updates anything."""
         self.net.eval()
+        episodes = self.val_episodes
         with self.accelerator.autocast():
-            kls = [episode_loss(self.model, self.net, self.plain_net, self.names, e, self.pad, 0.0)[1] for e in self.val_episodes]
-        return sum(kls) / len(kls)
+            own = [self._kl(e, e) for e in episodes]
+            other = [self._kl(e, episodes[(i + 1) % len(episodes)]) for i, e in enumerate(episodes)]
+        return sum(own) / len(own), sum(other) / len(other)
+
+    def _kl(self, questions: Episode, document: Episode) -> float:
+        factors, _ = generate(self.net, self.names, document.readings)
+        with applied(self.model, factors):
+            return float(kl_loss(self.model, questions.targets, self.pad))
 
     @torch.no_grad()
     def base_kl(self) -> float:
@@ -237,10 +245,11 @@ class Trainer:
                 break
         return self.report()
 
-    def _record(self, val_kl: float) -> None:
+    def _record(self, val_kl: tuple[float, float]) -> None:
         window = self.train_kl[-self.settings.eval_every :]
-        train = sum(window) / len(window) if window else None
-        self.curve.append({"step": self.step, "seconds": round(self.seconds, 1), "train_kl": train, "val_kl": round(val_kl, 5)})
+        train = round(sum(window) / len(window), 5) if window else None
+        own, other = val_kl
+        self.curve.append({"step": self.step, "seconds": round(self.seconds, 1), "train_kl": train, "val_kl": round(own, 5), "val_kl_other_doc": round(other, 5)})
         self.train_kl = []
 
     def report(self) -> dict[str, Any]:
@@ -265,7 +274,7 @@ def write_curve(out: Path, report: dict[str, Any], settings: dict[str, Any]) -> 
 
     write_json_atomic(out / "curve.json", report | {"settings": settings, "hypernet_sha256": file_sha256(out / "hypernet.safetensors")})
     with open(out / "curve.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "seconds", "train_kl", "val_kl"])
+        writer = csv.DictWriter(f, fieldnames=["step", "seconds", "train_kl", "val_kl", "val_kl_other_doc"])
         writer.writeheader()
         writer.writerows(report["curve"])
 
@@ -278,7 +287,8 @@ def plot_curve(report: dict[str, Any], path: Path) -> None:
 
     points = report["curve"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([p["step"] for p in points], [p["val_kl"] for p in points], marker="o", label="validation KL")
+    ax.plot([p["step"] for p in points], [p["val_kl"] for p in points], marker="o", label="validation KL (its own document's LoRA)")
+    ax.plot([p["step"] for p in points], [p["val_kl_other_doc"] for p in points], marker="x", label="validation KL (another document's LoRA)")
     trained = [p for p in points if p["train_kl"] is not None]
     ax.plot([p["step"] for p in trained], [p["train_kl"] for p in trained], marker=".", alpha=0.6, label="training KL (window mean)")
     ax.axhline(report["base_val_kl"], color="grey", linestyle="--", label="no LoRA")
