@@ -26,8 +26,8 @@ def descend(
     max_grad_norm: float,
     seed: int,
     on_step: StepCallback,
-) -> int:
-    """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns the steps taken.
+) -> tuple[int, int]:
+    """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns (steps, skipped).
 
     Gradients are clipped to `max_grad_norm`; a non-finite loss is skipped, MAX_BAD_STEPS of them in a
     row abort (TrainingDiverged) so the caller saves nothing.
@@ -36,7 +36,7 @@ def descend(
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total, step, bad = epochs * len(data), 0, 0
+    total, step, bad, skipped = epochs * len(data), 0, 0, 0
     try:
         for _ in range(epochs):
             for batch in rng.sample(data, len(data)):
@@ -45,6 +45,7 @@ def descend(
                 optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
                     bad += 1
+                    skipped += 1
                     if bad >= MAX_BAD_STEPS:
                         raise TrainingDiverged(f"{name}: {bad} non-finite losses in a row; lower -o lr (now {lr})")
                     continue
@@ -56,7 +57,7 @@ def descend(
     finally:
         for p in params:
             p.requires_grad_(False)
-    return step
+    return step, skipped
 
 
 def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor]) -> float:

@@ -174,7 +174,7 @@ class TTT(Strategy):
         loss_fn = partial(self._loss, start=start)
         loss_before = mean_loss(data, loss_fn)
         c = self.config
-        steps = descend(
+        steps, skipped = descend(
             self.name, params, data, loss_fn,
             epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
         )  # fmt: skip
@@ -187,7 +187,12 @@ class TTT(Strategy):
             loss_before=loss_before,
             loss_after=loss_after,
             seconds=round(time.perf_counter() - start_time, 2),
-            extra={"neurons": sum(p.index.numel() for p in patches), "alpha": float(patches[0].alpha), "steps": steps},
+            extra={
+                "neurons": sum(p.index.numel() for p in patches),
+                "alpha": float(patches[0].alpha),
+                "steps": steps,
+                "skipped_steps": skipped,
+            },
         )
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:

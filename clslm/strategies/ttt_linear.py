@@ -144,7 +144,7 @@ class TTTLinear(Strategy):
         probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data]
         loss_before = mean_loss(probe, lambda b: loss_fn(b, masked=False))
         params = [m.fast_weight for m in self.fast_layers()]
-        steps = descend(
+        steps, skipped = descend(
             self.name, params, data, loss_fn,
             epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
         )  # fmt: skip
@@ -157,7 +157,7 @@ class TTTLinear(Strategy):
             loss_before=loss_before,
             loss_after=loss_after,
             seconds=round(time.perf_counter() - started, 2),
-            extra={"steps": steps, "layers": len(self.layer_ids), "weight_change": round(moved, 4)},
+            extra={"steps": steps, "skipped_steps": skipped, "layers": len(self.layer_ids), "weight_change": round(moved, 4)},
         )
 
     def _masked_loss(self, batch: dict) -> torch.Tensor:
