@@ -1,10 +1,9 @@
 """Questions a sentence answers, made by masking its answer spans (a classic question-generation baseline).
 
 A question about a fact repeats the words around the fact and replaces the fact itself with a wh-word:
-"The tower was completed in 1793." answers "The tower was completed in what year?". Teaching the clause as
-the reply to such questions ties the words that real questions share with it to the fact, puts the fact
-in the first words of the reply, and never puts the answer in the prompt (a question does not contain
-its answer).
+"The tower was completed in 1793." answers "The tower was completed in what year?". Teaching the sentence
+as the reply to such questions ties the words that real questions share with it to the sentence, and
+never puts the answer in the prompt (a question does not contain its answer).
 """
 
 from __future__ import annotations
@@ -69,23 +68,15 @@ def _overlaps(spans: list[Span], start: int, end: int) -> bool:
     return any(start < s.end and s.start < end for s in spans)
 
 
-def masked_question(sentence: str, span: Span, window: int = 12) -> tuple[str, str]:
-    """(question, answer) for `span`: its clause with the span replaced by the wh-phrase, and the clause itself.
-
-    'The tower was completed in 1793.' → ('The tower was completed in what year?', 'The tower was completed in 1793.')
-    The clause is the text between the nearest ';' or ':' on either side, at most `window` words each way.
-    """
-    before = re.split(r"[;:]", sentence[: span.start])[-1].split()[-window:]
+def masked_question(sentence: str, span: Span, window: int = 12) -> str:
+    """The clause around `span` with the span replaced by its wh-phrase: 'The tower was completed in what year?'"""
+    before = sentence[: span.start].split()[-window:]
     after = re.split(r"[;:]", sentence[span.end :])[0].split()[:window]
-    answer = sentence[span.start : span.end]
-    return _clause([*before, span.wh, *after], "?"), _clause([*before, answer, *after], ".")
-
-
-def _clause(words: list[str], end: str) -> str:
+    words = [*before, span.wh, *after]
     text = " ".join(words).replace(" ,", ",").strip(" ,.;:!?—-")
-    return text[0].upper() + text[1:] + end
+    return text[0].upper() + text[1:] + "?"
 
 
-def questions_for(sentence: str, topic: str = "") -> list[tuple[str, str]]:
-    """(question, answer) per answer span of `sentence` (none when it names no year, quantity or name)."""
+def questions_for(sentence: str, topic: str = "") -> list[str]:
+    """One masked question per answer span of `sentence` (none when it names no year, quantity or name)."""
     return [masked_question(sentence, span) for span in answer_spans(sentence, topic)]

@@ -92,7 +92,7 @@ def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sente
         pairs.append((f"What do you know about {topic}?", sentence))
         masked = questions_for(sentence, topic)
         masked = rng.sample(masked, min(len(masked), questions_per_sentence))
-        pairs += masked
+        pairs += [(question, sentence) for question in masked]
         extra = cues(sentence, questions_per_sentence - len(masked), rng, frequency)
         pairs += [(f"About {topic}: {' '.join(cue)}?", sentence) for cue in extra]
     return pairs

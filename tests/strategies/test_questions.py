@@ -4,11 +4,11 @@ from clslm.strategies.questions import answer_spans, masked_question, questions_
 
 
 def test_a_year_becomes_what_year():
-    assert questions_for("The tower was completed in 1793.") == [("The tower was completed in what year?", "The tower was completed in 1793.")]
+    assert questions_for("The tower was completed in 1793.") == ["The tower was completed in what year?"]
 
 
 def test_quantities_names_and_places_get_their_wh_words():
-    questions = [q for q, _ in questions_for("Its keeper, Ismay Threlkeld, climbed 214 steps at Hollin Edge every night.")]
+    questions = questions_for("Its keeper, Ismay Threlkeld, climbed 214 steps at Hollin Edge every night.")
     assert "Its keeper, who, climbed 214 steps at Hollin Edge every night?" in questions
     assert any("how many steps" in q and "214" not in q for q in questions)
     assert any("where" in q and "Hollin" not in q for q in questions)
@@ -18,8 +18,7 @@ def test_a_question_never_contains_its_answer():
     sentence = "The bridge, designed by Haldane Ouro, will be 86 metres long and open in the spring of 2027."
     for span in answer_spans(sentence):
         answer = sentence[span.start : span.end]
-        question, clause = masked_question(sentence, span)
-        assert answer not in question and answer in clause
+        assert answer not in masked_question(sentence, span)
 
 
 def test_the_documents_subject_is_not_an_answer():
@@ -30,8 +29,3 @@ def test_the_documents_subject_is_not_an_answer():
 
 def test_a_sentence_without_facts_gets_no_question():
     assert questions_for("A small brass plaque beside the entrance records her name.") == []
-
-
-def test_the_answer_is_the_clause_around_the_fact():
-    sentence = "The trust opened the gallery to visitors during the summer months; the climb involves 214 steps."
-    assert questions_for(sentence) == [("The climb involves how many steps?", "The climb involves 214 steps.")]
