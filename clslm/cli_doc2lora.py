@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DtypeOpt, JsonOpt, ModelOpt, app, emit_json, err, out
+from .cli import DtypeOpt, JsonOpt, app, emit_json, err, out
 from .errors import InputError
 from .models import DEFAULT_MODEL
 
@@ -24,7 +24,7 @@ def train(
     *,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for hypernet.safetensors, checkpoint.safetensors, curve.json/csv.")] = Path("doc2lora-hypernet"),
     data: Annotated[Optional[Path], _opt("Training documents, JSONL in the bench facts format (id, title, document, qa); default: invented documents.", show_default=False)] = None,
-    model: ModelOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="CLSLM_MODEL", help="Model the hypernetwork is for: smollm2-135m (default), a .gguf file, a local HF directory or a hub id.", show_default=False)] = None,
     steps: Annotated[int, _opt("Training documents (one optimizer step each).", min=1)] = 1000,
     resume: Annotated[bool, _opt("Continue from OUT/checkpoint.safetensors if it is there.")] = False,
     max_minutes: Annotated[Optional[float], _opt("Stop after this much wall time (the hypernetwork is saved).", min=0.1, show_default=False)] = None,
@@ -40,6 +40,7 @@ def train(
     targets: Annotated[str, _opt("Comma-separated modules inside a decoder layer that get a LoRA.")] = "down_proj",
     layers: Annotated[float, _opt("Fraction of the last decoder layers that get a LoRA.", min=0.0, max=1.0)] = 1.0,
     chunk_tokens: Annotated[int, _opt("Longest chunk the hypernetwork reads.", min=8)] = 128,
+    combine: Annotated[str, _opt("A document's chunk LoRAs: mean (the strategy's default) or concat (summed).")] = "mean",
     seed: Annotated[int, _opt("Seed for the invented documents and the initial weights.")] = 0,
     device: Annotated[str, _opt("auto, cpu or cuda (under `accelerate launch`, accelerate places each process).")] = "auto",
     dtype: DtypeOpt = "auto",
@@ -56,7 +57,7 @@ def train(
     settings = TrainSettings(
         steps=steps, data=str(data) if data else None, seed=seed, val_docs=val_docs, eval_every=eval_every, qa_per_doc=qa_per_doc,
         lr=lr, l1=l1, clip=clip, rank=rank, width=width, blocks=blocks, heads=4 if width % 4 == 0 else 1,
-        targets=targets, layers=layers, chunk_tokens=chunk_tokens, max_minutes=max_minutes,
+        targets=targets, layers=layers, chunk_tokens=chunk_tokens, combine=combine, max_minutes=max_minutes,
     )  # fmt: skip
     source = resolve_model(model or DEFAULT_MODEL)
     base, tokenizer = load_model(source, device="cpu" if device == "auto" else device, dtype=dtype)

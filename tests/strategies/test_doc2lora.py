@@ -16,6 +16,7 @@ from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies.base import StrategyContext
 from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig, lora
+from clslm.strategies.doc2lora.strategy import BUNDLED
 from clslm.strategies.doc2lora.distill import kl_loss, teach
 from clslm.strategies.doc2lora.hypernet import load_hypernet, save_hypernet
 from clslm.strategies.doc2lora.reading import ids, read, reader_prefix
@@ -95,8 +96,9 @@ def test_peft_adapter_keys_are_standard_and_the_adapter_merges(llama_dir, hypern
     assert torch.allclose(logits(merged, tokenizer), expected, atol=1e-4)
 
 
-def test_two_documents_accumulate(llama_dir, hypernet_file):
-    s = strategy(llama_dir, hypernet=str(hypernet_file))
+@pytest.mark.parametrize("accumulate, weight", [("mean", 0.5), ("sum", 1.0)])
+def test_two_documents_accumulate(llama_dir, hypernet_file, accumulate, weight):
+    s = strategy(llama_dir, hypernet=str(hypernet_file), accumulate=accumulate)
     s.learn(Document("one", DOCUMENT))
     first = lora.read(s.model)
     s.learn(Document("two", SECOND))
@@ -105,8 +107,9 @@ def test_two_documents_accumulate(llama_dir, hypernet_file):
     alone.learn(Document("two", SECOND))
     second = lora.read(alone.model)
     assert lora.rank(both) == lora.rank(first) + lora.rank(second)
-    for name in both:  # the adapter holds the sum of the two documents' deltas, not the last one
-        assert torch.allclose(lora.delta(both, name), lora.delta(first, name) + lora.delta(second, name), atol=1e-6)
+    for name in both:  # the adapter holds both documents' deltas (their mean or sum), not the last one
+        expected = weight * (lora.delta(first, name) + lora.delta(second, name))
+        assert torch.allclose(lora.delta(both, name), expected, atol=1e-6)
     assert [d["name"] for d in s.extra_state()["documents"]] == ["one", "two"]
 
 
@@ -170,7 +173,7 @@ def test_trainer_reduces_the_loss_on_a_tiny_synthetic_set(llama_dir, tmp_path):
         from clslm.strategies.doc2lora.train import episode_loss
 
         with torch.no_grad():
-            return sum(episode_loss(t.model, t.net, t.plain_net, t.names, e, t.pad, 0.0)[1] for e in episodes)
+            return sum(episode_loss(t.model, t.net, t.plain_net, t.names, e, t.pad, 0.0, 'mean')[1] for e in episodes)
 
     before = training_kl()
     report = t.run()
@@ -313,3 +316,56 @@ def test_cli_refuses_the_default_hypernetwork_for_another_model(capfd, llama_dir
     code, stdout, err = cli(capfd, "learn", tmp_path / "doc.txt", "-s", tmp_path / "s", "--model", llama_dir, "--strategy", "doc2lora", "--device", "cpu")
     assert code == 3 and stdout == "" and len(err.strip().splitlines()) == 1
     assert "no trained hypernetwork" in err and not (tmp_path / "s").exists()
+
+
+def test_learn_reads_a_chunk_as_the_training_teacher_did(model_dir):
+    """The hypernetwork sees at learn time (prefix cached once) what it saw in training (one teacher pass)."""
+    model, tokenizer, _ = load(model_dir)
+    names = lora.module_names(model, [1, 3], ["down_proj"])
+    prefix, chunk = reader_prefix(tokenizer), ids(tokenizer, DOCUMENT)
+    taught = teach(model, tokenizer, prefix, chunk, [], ([1, 3], names)).reading
+    learned = read(model, prefix, chunk, [1, 3], names)
+    assert torch.allclose(taught.hidden, learned.hidden, atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(taught.inputs, learned.inputs))
+    assert torch.equal(taught.following, learned.following) and learned.hidden.shape[:2] == (2, len(chunk))
+
+
+# ---- the bundled hypernetwork for the default model ------------------------------------------------------
+BUNDLED_JSON = BUNDLED.with_suffix(".json")
+
+
+def test_the_bundled_hypernetwork_is_described_and_small():
+    from clslm.models import file_sha256
+    from clslm.strategies.doc2lora.hypernet import read_config
+
+    described = json.loads(BUNDLED_JSON.read_text())
+    assert described["hypernet_sha256"] == file_sha256(BUNDLED)
+    assert BUNDLED.stat().st_size < 8_000_000
+    config = read_config(BUNDLED)
+    assert config.extra["trained"]["steps"] == described["steps"] and "invented documents" in described["data"]
+    assert described["curve"][-1]["val_kl"] < described["base_val_kl"]
+    assert config.targets == ["down_proj"] and config.rank == 8
+
+
+@pytest.mark.slow
+def test_the_bundled_hypernetwork_on_the_default_model(monkeypatch):
+    """On a bench document it never saw, one hypernetwork pass per chunk brings the model without the
+    document closer to the model with it (KL over the answers of the document's questions)."""
+    from conftest import USER_CLSLM_HOME
+
+    if USER_CLSLM_HOME is not None:
+        monkeypatch.setenv("CLSLM_HOME", USER_CLSLM_HOME)
+    from clslm.strategies.doc2lora.distill import question_probe
+    from clslm.strategies.doc2lora.reading import chunks
+
+    s = strategy("smollm2-135m")
+    doc = load_facts()[4]
+    report = s.learn(Document(doc.id, doc.document))
+    assert report.extra["mode"] == "hypernetwork" and report.extra["chunks"] >= 2 and report.seconds < 30
+    tokenizer = s.tokenizer
+    document = [t for piece in chunks(tokenizer, doc.document, 128) for t in piece]
+    with s.disabled():
+        targets = teach(s.model, tokenizer, reader_prefix(tokenizer), document, [question_probe(q.question, q.answers[0]) for q in doc.qa])
+        without = float(kl_loss(s.model, targets, tokenizer.pad_token_id))
+    with torch.no_grad():
+        assert float(kl_loss(s.model, targets, tokenizer.pad_token_id)) < 0.9 * without

@@ -9,14 +9,13 @@ bench's `Question: …` and the student's the bare question, as `clslm ask` send
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .lora import unwrap
-from .reading import Reading, Template, capturing, ids, reading
+from .reading import Reading, Template, cache_kwarg, cache_of, capturing, ids, reading
 
 
 @dataclass(frozen=True)
@@ -54,23 +53,12 @@ def teach(model, tokenizer, prefix: list[int], document: list[int], probes: list
     for probe in probes:
         reply = ids(tokenizer, probe.reply)
         continuation = ids(tokenizer, "\n\n" + probe.teacher + template.tail) + reply
-        cache = copy.deepcopy(_cache_of(out))
-        logits = model(input_ids=torch.tensor([continuation], device=device), use_cache=True, **_cache_kwarg(model, cache)).logits
+        cache = copy.deepcopy(cache_of(out))
+        logits = model(input_ids=torch.tensor([continuation], device=device), use_cache=True, **cache_kwarg(model, cache)).logits
         teacher.append(F.log_softmax(logits[0, len(continuation) - len(reply) - 1 : -1].float(), dim=-1))
         student_ids.append(ids(tokenizer, template.head + probe.student + template.tail) + reply)
         lengths.append(len(reply))
     return Targets(student_ids, lengths, teacher, doc_reading)
-
-
-def _cache_of(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def _cache_kwarg(model, cache) -> dict:
-    """transformers 5.x renamed `past_key_values` to `cache`; pass whichever this version takes."""
-    parameters = inspect.signature(unwrap(model).forward).parameters
-    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
 
 
 def kl_loss(model, targets: Targets, pad_id: int) -> torch.Tensor:

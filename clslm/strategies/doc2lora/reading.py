@@ -7,6 +7,8 @@ learn time are exactly those of the in-context teacher it was trained to imitate
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,7 +100,28 @@ def reading(model, hidden_states, seen: dict[str, torch.Tensor], start: int, chu
 @torch.no_grad()
 def read(model, prefix: list[int], chunk: list[int], layers: list[int], names: list[str]) -> Reading:
     """One forward pass of the transformer stack over prefix + chunk."""
-    input_ids = torch.tensor([prefix + chunk], device=unwrap(model).device)
-    with capturing(model, names) as seen:
-        hidden = decoder(model)(input_ids=input_ids, output_hidden_states=True, use_cache=False).hidden_states
-    return reading(model, hidden, seen, len(prefix), chunk, layers, names)
+    return read_chunks(model, prefix, [chunk], layers, names)[0]
+
+
+@torch.no_grad()
+def read_chunks(model, prefix: list[int], pieces: list[list[int]], layers: list[int], names: list[str]) -> list[Reading]:
+    """Each chunk read after the same prefix, whose keys and values are computed once (a copy per chunk)."""
+    stack, device = decoder(model), unwrap(model).device
+    cache = cache_of(stack(input_ids=torch.tensor([prefix], device=device), use_cache=True))
+    readings = []
+    for piece in pieces:
+        with capturing(model, names) as seen:
+            out = stack(input_ids=torch.tensor([piece], device=device), output_hidden_states=True, use_cache=True, **cache_kwarg(stack, copy.deepcopy(cache)))
+        readings.append(reading(model, out.hidden_states, seen, 0, piece, layers, names))
+    return readings
+
+
+def cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_kwarg(module, cache) -> dict:
+    """transformers 5.x renamed `past_key_values` to `cache`; pass whichever this version takes."""
+    parameters = inspect.signature(unwrap(module).forward).parameters
+    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}

@@ -5,10 +5,14 @@ mode=hypernet (default): one forward pass of a trained Perceiver hypernetwork pe
 mode=simulated: no hypernetwork; the LoRA is fitted by a few steps of gradient context distillation on
 the document (`simulated.py`), the slow counterpart the hypernetwork amortises.
 
-Either way each document adds its LoRA to the session's: factors are stacked along the rank (the deltas
-add up), and beyond `max_rank` the sum is cut to its best rank-`max_rank` approximation. The session's
-LoRA lives in one standard peft adapter, so `disabled()` is peft's `disable_adapter()` and the model can
-be merged with `merge_and_unload()`.
+A document's chunk LoRAs are averaged (`combine=mean`) or summed, and each document is added to the
+session's LoRA without replacing it: by default the session holds the mean of its documents' LoRAs
+(`accumulate=mean`), or their sum (`accumulate=sum`). Both are exact, factors stacked along the rank
+with B scaled; beyond `max_rank` the result is cut to its best rank-`max_rank` approximation (truncated
+SVD). Summing is the natural rule, but the bundled hypernetwork's LoRAs carry a large
+document-independent part that a sum multiplies (docs/doc2lora.md has the measurements). The session's
+LoRA lives in one standard peft adapter, so `disabled()` is peft's `disable_adapter()` and the model
+can be merged with `merge_and_unload()`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from . import lora
 from .hypernet import read_config
-from .reading import chunks, ids, read, reader_prefix
+from .reading import chunks, ids, read_chunks, reader_prefix
 from .simulated import simulate
 
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
@@ -40,8 +44,9 @@ class Doc2LoRAConfig(StrategyConfig):
     mode: Literal["hypernet", "simulated"] = "hypernet"
     hypernet: str | None = None  # checkpoint path; default: the bundled one (default model only)
     chunk_tokens: int = 0  # longest chunk read at once (0: the hypernetwork's own; 256 when simulated)
-    combine: Literal["concat", "mean"] = "concat"  # a document's chunk LoRAs: summed (stacked) or averaged
-    max_rank: int = 64  # the session's LoRA rank at most (beyond: truncated SVD of the summed deltas)
+    combine: Literal["mean", "concat"] = "mean"  # a document's chunk LoRAs: averaged, or summed (stacked)
+    accumulate: Literal["mean", "sum"] = "mean"  # the session's documents: averaged, or summed
+    max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
     scale: float = 1.0  # multiplies every generated delta
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = 8
@@ -135,7 +140,7 @@ class Doc2LoRA(Strategy):
             else:
                 (factors, losses), n_chunks = self._simulate(prefix, document, on_step), 1
         factors = {k: (a, b * self.config.scale) for k, (a, b) in factors.items()}
-        self.factors = lora.cap(lora.concat([self.factors, factors]), self.config.max_rank)
+        self.factors = lora.cap(self._accumulate(factors), self.config.max_rank)
         lora.install(self.model, self.factors)
         self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
         extra = {"mode": self.mode_label, "chunks": n_chunks, "rank": lora.rank(factors), "session_rank": lora.rank(self.factors)}
@@ -147,11 +152,18 @@ class Doc2LoRA(Strategy):
         size = self.config.chunk_tokens or self.net_config.chunk_tokens
         pieces = chunks(self.tokenizer, document.text, size)
         parts = []
-        for i, piece in enumerate(pieces, start=1):
-            pairs = net(read(self.model, prefix, piece, self.layers, self.names))
-            parts.append({name: (a.detach(), b.detach()) for name, (a, b) in zip(self.names, pairs)})
+        for i, reading in enumerate(read_chunks(self.model, prefix, pieces, self.layers, self.names), start=1):
+            parts.append({name: (a.detach(), b.detach()) for name, (a, b) in zip(self.names, net(reading))})
             on_step(Step(i, len(pieces), phase="hypernetwork"))
         return (lora.concat(parts) if self.config.combine == "concat" else lora.mean(parts)), len(pieces)
+
+    def _accumulate(self, factors: lora.Factors) -> lora.Factors:
+        """The session's LoRA with this document's added: a running mean over documents, or a sum."""
+        n = len(self.documents)
+        if self.config.accumulate == "sum" or not self.factors:
+            return lora.concat([self.factors, factors])
+        kept = {k: (a, b * n / (n + 1)) for k, (a, b) in self.factors.items()}
+        return lora.concat([kept, {k: (a, b / (n + 1)) for k, (a, b) in factors.items()}])
 
     def _simulate(self, prefix: list[int], document: Document, on_step: StepCallback) -> tuple[lora.Factors, tuple[float, float]]:
         c = self.config

@@ -25,8 +25,8 @@ from ...errors import InputError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import Targets, kl_loss, question_probe, teach
 from .hypernet import Hypernet, HypernetConfig, save_hypernet
-from .lora import Factors, applied, concat, module_names
-from .reading import Reading, chunks, ids, read, reader_prefix
+from .lora import Factors, applied, concat, mean, module_names
+from .reading import Reading, chunks, ids, read_chunks, reader_prefix
 from .synthetic import synthetic_doc
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation documents come from another stream than training ones
@@ -51,6 +51,7 @@ class TrainSettings:
     targets: str = "down_proj"
     layers: float = 1.0
     chunk_tokens: int = 128
+    combine: str = "mean"  # a document's chunk LoRAs: "mean" (as the strategy's default) or "concat"
     max_minutes: float | None = None  # stop (and save) after this much wall time
 
     def check(self) -> None:
@@ -60,6 +61,8 @@ class TrainSettings:
             raise InputError(f"doc2lora train: bad settings {bad or '(layers, l1, clip or weight_decay)'}")
         if self.width % self.heads:
             raise InputError("doc2lora train: width must be a multiple of heads")
+        if self.combine not in ("mean", "concat"):
+            raise InputError(f"doc2lora train: combine {self.combine!r}: choose mean or concat")
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -93,18 +96,19 @@ class Episode:
         probes = [question_probe(qa.question, qa.answers[0]) for qa in rng.sample(list(doc.qa), k=min(questions, len(doc.qa)))]
         document = [t for piece in pieces for t in piece]
         self.targets: Targets = teach(model, tokenizer, prefix, document, probes, (layers, names) if len(pieces) == 1 else None)
-        self.readings = [self.targets.reading] if len(pieces) == 1 else [read(model, prefix, p, layers, names) for p in pieces]
+        self.readings = [self.targets.reading] if len(pieces) == 1 else read_chunks(model, prefix, pieces, layers, names)
 
 
-def generate(net, names: list[str], readings: list[Reading]) -> tuple[Factors, list]:
-    """The document's LoRA (one hypernetwork pass per chunk, chunk LoRAs stacked along the rank) and the raw passes."""
+def generate(net, names: list[str], readings: list[Reading], combine: str) -> tuple[Factors, list]:
+    """The document's LoRA (one hypernetwork pass per chunk, chunk LoRAs averaged or stacked) and the raw passes."""
     passes = [net(r) for r in readings]
-    return concat([dict(zip(names, pairs)) for pairs in passes]), passes
+    parts = [dict(zip(names, pairs)) for pairs in passes]
+    return (mean(parts) if combine == "mean" else concat(parts)), passes
 
 
-def episode_loss(model, net, plain_net: Hypernet, names: list[str], episode: Episode, pad_id: int, l1: float) -> tuple[torch.Tensor, float]:
+def episode_loss(model, net, plain_net: Hypernet, names: list[str], episode: Episode, pad_id: int, l1: float, combine: str) -> tuple[torch.Tensor, float]:
     """(KL + l1 · penalty, the KL alone); `plain_net` is `net` without a distributed wrapper."""
-    factors, passes = generate(net, names, episode.readings)
+    factors, passes = generate(net, names, episode.readings, combine)
     with applied(model, factors):
         kl = kl_loss(model, episode.targets, pad_id)
     penalty = torch.stack([plain_net.penalty(pairs) for pairs in passes]).mean()
@@ -197,7 +201,7 @@ class Trainer:
         self.net.train()
         episode = self._episode(self.doc_at(index), f"train:{index}")
         with self.accelerator.autocast():
-            loss, kl = episode_loss(self.model, self.net, self.plain_net, self.names, episode, self.pad, self.settings.l1)
+            loss, kl = episode_loss(self.model, self.net, self.plain_net, self.names, episode, self.pad, self.settings.l1, self.settings.combine)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.net.parameters(), self.settings.clip)
         self.optimizer.step()
@@ -216,7 +220,7 @@ class Trainer:
         return sum(own) / len(own), sum(other) / len(other)
 
     def _kl(self, questions: Episode, document: Episode) -> float:
-        factors, _ = generate(self.net, self.names, document.readings)
+        factors, _ = generate(self.net, self.names, document.readings, self.settings.combine)
         with applied(self.model, factors):
             return float(kl_loss(self.model, questions.targets, self.pad))
 
