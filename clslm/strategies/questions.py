@@ -21,7 +21,7 @@ _QUANTITY = re.compile(rf"\b({_NUMBER}) ((?:[a-z]+ )?[a-z]+?s)\b", re.IGNORECASE
 _NAME = re.compile(r"\b(?:(the|at|in|near|from|to|on|by) )?((?:[A-Z][\w'’-]+)(?: (?:of |de |van |von |the )?[A-Z][\w'’-]+)*)")
 _PLACE_PREPOSITIONS = {"at", "in", "near", "from", "to", "on"}
 _TIMES = {"January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}  # fmt: skip
-_NOT_NAMES = {"The", "A", "An", "It", "In", "On", "At", "He", "She", "They", "This", "That", "Its", "His", "Her", "Their", "After", "By", "For", "When", "With", "From", "As", "Each", "Every", "Most", "Some", "There", "These", "Those", "But", "And", "Or", "If", "To", "Of", "During", "Since", "Until", "Before", "While"}  # fmt: skip
+NOT_NAMES = {"The", "A", "An", "It", "In", "On", "At", "He", "She", "They", "This", "That", "Its", "His", "Her", "Their", "After", "By", "For", "When", "With", "From", "As", "Each", "Every", "Most", "Some", "There", "These", "Those", "But", "And", "Or", "If", "To", "Of", "During", "Since", "Until", "Before", "While"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def answer_spans(sentence: str, topic: str = "") -> list[Span]:
 
 def _not_an_answer(name: str, topic: str) -> bool:
     bare = name[4:] if name.startswith("The ") else name
-    return name in _NOT_NAMES or (bool(topic) and bare.lower() in topic.lower())
+    return name in NOT_NAMES or (bool(topic) and bare.lower() in topic.lower())
 
 
 def _overlaps(spans: list[Span], start: int, end: int) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from ..documents import Document, split_sentences
 from ..generation import chat_prompt
-from .questions import questions_for
+from .questions import NOT_NAMES, questions_for
 
 
 @dataclass
@@ -27,12 +27,11 @@ class Example:
 
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
-_STOP = {"The", "A", "An", "It", "In", "On", "At", "He", "She", "They", "This", "That", "Its", "His", "Her", "Their", "After", "By", "For", "When", "With", "From", "As", "Each", "Every", "Most", "Some", "There", "These", "Those", "But", "And", "Or", "If", "To", "Of"}
 
 
 def subject(text: str) -> str:
     """The document's most frequent proper name (a stand-in for its title)."""
-    names = [n for n in _CAPITALISED.findall(text) if n not in _STOP]
+    names = [n for n in _CAPITALISED.findall(text) if n not in NOT_NAMES]
     multi = [n for n in names if " " in n]
     pool = Counter(multi).most_common(1) or Counter(names).most_common(1)
     name = pool[0][0] if pool else "the document"
