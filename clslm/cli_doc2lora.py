@@ -64,7 +64,9 @@ def train(
     trainer = Trainer(base, tokenizer, settings, out_dir, fingerprint=source.fingerprint, mixed_precision=mixed_precision, cpu=device == "cpu")
     err.print(f"doc2lora: preparing {val_docs} validation documents", highlight=False)
     trainer.build(resume)
-    report = trainer.run(on_step=_progress_bar(trainer))
+    bar, on_step = _progress_bar(trainer)
+    with bar:
+        report = trainer.run(on_step=on_step)
     if plot is not None and trainer.accelerator.is_main_process:
         plot_curve(report, plot)
     if as_json:
@@ -83,7 +85,5 @@ def _progress_bar(trainer):
     def on_step(step: int, kl: float) -> None:
         bar.update(1)
         bar.set_postfix(kl=f"{kl:.3f}", val=f"{trainer.curve[-1]['val_kl']:.3f}" if trainer.curve else "-")
-        if step >= trainer.settings.steps:
-            bar.close()
 
-    return on_step
+    return bar, on_step

@@ -168,6 +168,9 @@ class Doc2LoRA(Strategy):
     def _simulate(self, prefix: list[int], document: Document, on_step: StepCallback) -> tuple[lora.Factors, tuple[float, float]]:
         c = self.config
         text_ids = [t for piece in chunks(self.tokenizer, document.text, c.chunk_tokens or 256) for t in piece]
+        limit = getattr(lora.unwrap(self.model).config, "max_position_embeddings", None)
+        if limit and len(prefix) + len(text_ids) > limit - 256:  # room for a probe after the document
+            raise InputError(f"{document.name}: {len(text_ids)} tokens; simulated mode reads the whole document in one prompt of at most {limit - 256 - len(prefix)} tokens")
         factors, before, after = simulate(
             self.model, self.tokenizer, prefix, text_ids, document.text, self.names,
             rank=c.rank, steps=c.steps, lr=c.lr, probes=c.probes, seed=c.seed + len(self.documents),
