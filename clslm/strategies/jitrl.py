@@ -26,6 +26,8 @@ from ..generation import chat_prompt, count_tokens, user_message
 from .anatomy import decoder_layers
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .gating import general_corpus
+from .router import DocumentKeys
+from .router import scores as route_scores
 
 MAX_BIAS = 5.0
 # Softmax temperature over cosine similarities: sharp enough that the closest states dominate, soft
@@ -53,6 +55,7 @@ class JitrlMVPConfig(StrategyConfig):
     overlap: int = 32  # tokens a chunk shares with the previous one
     bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
     budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
+    route_threshold: float = 0.19  # only documents whose TF-IDF match with the question reaches this are searched (0: all)
 
     def __post_init__(self):
         self.check(self.k >= 1, "k must be >= 1")
@@ -60,6 +63,7 @@ class JitrlMVPConfig(StrategyConfig):
         self.check(0 <= self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
         self.check(0 <= self.bias <= MAX_BIAS, f"bias must be in [0, {MAX_BIAS}]")
         self.check(self.budget >= 1, "budget must be >= 1")
+        self.check(0 <= self.route_threshold <= 1, "route_threshold must be in [0, 1]")
 
 
 def split_chunks(tokenizer, text: str, size: int, overlap: int) -> list[str]:
@@ -129,12 +133,14 @@ class JitrlMVP(Strategy):
 
     def attach(self) -> None:
         self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}
+        self.keys: dict[str, DocumentKeys] = {}  # document name -> its routing keys
         self._index = None  # (vectorizer, chunk matrix), fitted at the first question
 
     def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
         start = time.perf_counter()
         texts = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, self.config.overlap)
         self.chunks += [{"document": document.name, "text": t} for t in texts]
+        self.keys[document.name] = DocumentKeys.from_text(" ".join(c["text"] for c in self.chunks if c["document"] == document.name))
         self._index = None
         on_step(Step(1, 1, phase="chunk"))
         return _report(document, self.tokenizer, start, chunks=len(texts))
@@ -151,16 +157,23 @@ class JitrlMVP(Strategy):
                 self._index = (None, None)
         return self._index
 
+    def routed_documents(self, question: str) -> set[str]:
+        """Documents the question matches well enough to search: general questions find none."""
+        names = list(self.keys)
+        threshold = self.config.route_threshold
+        return {n for n, score in zip(names, route_scores(list(self.keys.values()), question)) if score >= threshold}
+
     def retrieve(self, question: str) -> list[int]:
-        """Indices of the k chunks most similar to the question (cosine > 0), best first."""
+        """Indices of the k chunks of routed documents most similar to the question (cosine > 0), best first."""
         if not self.chunks:
             return []
         vectorizer, matrix = self._fitted()
         if vectorizer is None:
             return []
+        routed = self.routed_documents(question)
         scores = (matrix @ vectorizer.transform([question]).T).toarray().ravel()
-        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: self.config.k]
-        return [i for i in ranked if scores[i] > 0]
+        candidates = [i for i, c in enumerate(self.chunks) if scores[i] > 0 and c["document"] in routed]
+        return sorted(candidates, key=lambda i: -scores[i])[: self.config.k]
 
     def selected(self, question: str) -> list[int]:
         """Retrieved chunks that fit in the budget beside the whole question, in document order."""
@@ -200,13 +213,18 @@ class JitrlMVP(Strategy):
 
     # ---- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"chunks": self.chunks} if self.chunks else {}
+        return {"chunks": self.chunks, "keys": {n: k.to_json() for n, k in self.keys.items()}} if self.chunks else {}
 
     def load_extra_state(self, state: dict) -> None:
         chunks = state.get("chunks", [])
         if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
             raise InputError("jitrl-mvp: saved chunks are malformed")
         self.chunks, self._index = list(chunks), None
+        saved = state.get("keys", {})
+        for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild
+            self.keys[name] = DocumentKeys.from_json(saved[name]) if name in saved else DocumentKeys.from_text(
+                " ".join(c["text"] for c in self.chunks if c["document"] == name)
+            )
 
     def describe(self) -> dict:
         return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}

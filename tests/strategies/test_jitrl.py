@@ -82,6 +82,14 @@ def test_a_question_that_matches_nothing_gets_no_context_and_no_bias(llama_dir):
     assert strategy.logits_processors("Why is the sky blue?") == []
 
 
+def test_the_router_keeps_weak_matches_out_of_the_prompt(llama_dir):
+    # "sheep" occurs in one filler sentence: a TF-IDF search alone would prepend that chunk.
+    loose, strict = mvp(llama_dir, route_threshold=0), mvp(llama_dir, route_threshold=0.5)
+    assert "sheep" in loose.prompt_context("What do sheep eat?")
+    assert strict.prompt_context("What do sheep eat?") == "" and strict.logits_processors("What do sheep eat?") == []
+    assert "4417" in strict.prompt_context(QUESTION)  # a question about what was learned still gets its chunk
+
+
 def test_the_question_is_never_cut(llama_dir):
     strategy = mvp(llama_dir, k=5, budget=40)
     long_question = QUESTION + " Please think about it very carefully before you answer." * 20
@@ -161,10 +169,13 @@ def test_mvp_state_round_trips_through_a_session(llama_dir, tmp_path):
     assert any(p.name.startswith("state-") for p in path.iterdir())
     with Session.open(path, device="cpu") as s:
         strategy = s.strategy()
-        assert strategy.chunks == chunks
+        assert strategy.chunks == chunks and set(strategy.keys) == {"planted"}
         again = s.ask(QUESTION, max_new_tokens=6)
         assert (again.text, again.prompt, again.context_tokens) == (saved.text, saved.prompt, saved.context_tokens)
         assert torch.equal(strategy.logits_processors(QUESTION)[0](None, scores), biased)
+        keys = strategy.keys["planted"]
+        strategy.load_extra_state({"chunks": chunks})  # saved before routing existed: keys are rebuilt
+        assert strategy.keys["planted"].sentences == keys.sentences
 
 
 # ---- jitrl-full ----------------------------------------------------------------------------------
