@@ -78,14 +78,22 @@ class NeuronPatch(nn.Module):
         self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
         self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
 
+    def covers(self, mlp: nn.Module) -> bool:
+        """Whether this patch holds every neuron of `mlp` (its indices are sorted and unique)."""
+        return self.index.numel() == mlp.down_proj.weight.shape[1]
+
+    def copy_forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
+        """mlp'(x): the MLP with this patch's deltas added (valid when the patch covers every neuron)."""
+        new = mlp.act_fn(x @ (mlp.gate_proj.weight + self.gate).T) * (x @ (mlp.up_proj.weight + self.up).T)
+        return new @ (mlp.down_proj.weight + self.down).T
+
     def forward(self, x: torch.Tensor, mlp: nn.Module, mlp_out: torch.Tensor) -> torch.Tensor:
         """mlp'(x) − mlp(x) over this patch's neurons, scaled by alpha (`mlp_out` is mlp(x))."""
-        i, gate, up, down = self.index, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
-        if i.numel() == down.shape[1]:  # every neuron (indices sorted): the frozen part is mlp(x) itself
-            w_gate, w_up, w_down, old_out = gate, up, down, mlp_out
-        else:
-            w_gate, w_up, w_down = gate[i], up[i], down[:, i]
-            old_out = (mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+        if self.covers(mlp):  # the frozen part is mlp(x) itself
+            return self.alpha * (self.copy_forward(x, mlp) - mlp_out)
+        i = self.index
+        w_gate, w_up, w_down = mlp.gate_proj.weight[i], mlp.up_proj.weight[i], mlp.down_proj.weight[:, i]
+        old_out = (mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
         new = mlp.act_fn(x @ (w_gate + self.gate).T) * (x @ (w_up + self.up).T)
         return self.alpha * (new @ (w_down + self.down).T - old_out)
 
@@ -100,12 +108,14 @@ class DualMLP(nn.Module, DeltaModule):
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active = [p for p in self.ttt_patches if p.route] if self.enabled else []
+        if len(active) == 1 and active[0].covers(self.mlp) and float(active[0].alpha) == 1.0:
+            # mlp(x) + 1·(mlp'(x) − mlp(x)) is mlp'(x): one MLP pass instead of two (the common case)
+            return active[0].copy_forward(x, self.mlp)
         mlp_out = self.mlp(x)
         y = mlp_out
-        if self.enabled:
-            for patch in self.ttt_patches:
-                if patch.route:
-                    y = y + patch(x, self.mlp, mlp_out)
+        for patch in active:
+            y = y + patch(x, self.mlp, mlp_out)
         return y
 
 
@@ -162,9 +172,29 @@ class TTT(Strategy):
         examples = build_examples(
             document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens, questions_per_sentence=self.config.questions
         )
-        data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
         patches = self._add_patches(document)
         self.keys.append(DocumentKeys.from_text(document.text))
+        with self._alone(patches if self.config.route_threshold > 0 else None):
+            return self._train(document, examples, patches, start_time, on_step)
+
+    @contextmanager
+    def _alone(self, patches: list[NeuronPatch] | None) -> Iterator[None]:
+        """With routing, a document's copy will answer alone: train it with the others switched off."""
+        if patches is None:
+            yield
+            return
+        keep = {id(p) for p in patches}
+        others = [p for dual in self.dual_mlps().values() for p in dual.ttt_patches if id(p) not in keep]
+        for p in others:
+            p.route = 0.0
+        try:
+            yield
+        finally:
+            for p in others:
+                p.route = 1.0
+
+    def _train(self, document: Document, examples: list, patches: list[NeuronPatch], start_time: float, on_step: StepCallback) -> LearnReport:
+        data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
         params = [p for patch in patches for p in patch.parameters()]
         start = self.layer_ids[0]
         device = self.model.device

@@ -153,3 +153,26 @@ def test_unrouted_questions_see_the_base_model(llama_dir):
         routed_on = strategy.model(input_ids=ids).logits
     assert torch.equal(routed_off, base)
     assert not torch.equal(routed_on, base)
+
+
+def test_with_routing_a_document_learns_as_if_alone(llama_dir):
+    # It will answer alone (route_top 1), so the copies learned before it must not shape its training.
+    after_other = make(llama_dir, neurons=0)
+    after_other.learn(Document("velmar", OTHER))
+    after_other.learn(Document("kessenbrock", DOCUMENT))
+    alone = make(llama_dir, neurons=0)
+    alone.learn(Document("kessenbrock", DOCUMENT))
+    second = {k.replace("ttt_patches.1.", "ttt_patches.0."): v for k, v in after_other.state_dict().items() if ".ttt_patches.1." in k}
+    assert second.keys() == alone.state_dict().keys()
+    assert all(torch.equal(second[k], v) for k, v in alone.state_dict().items())
+
+
+def test_a_full_copy_alone_replaces_the_mlp_with_the_same_output(llama_dir):
+    strategy = make(llama_dir, neurons=0)
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    dual = strategy.dual_mlps()[strategy.layer_ids[0]]
+    patch = dual.ttt_patches[0]
+    x = torch.randn(2, 5, dual.mlp.down_proj.weight.shape[0])
+    two_pass = dual.mlp(x) + patch(x, dual.mlp, dual.mlp(x))
+    assert patch.covers(dual.mlp) and torch.allclose(dual(x), two_pass, atol=1e-6)
+    assert not torch.allclose(dual(x), dual.mlp(x), atol=1e-6)  # the copy learned something
