@@ -12,7 +12,9 @@ import itertools
 import tempfile
 import time
 
+from clslm.bench import FACTS_INSTRUCTION
 from clslm.benchdata import load_facts, load_general
+from clslm.generation import generate
 from clslm.documents import Document
 from clslm.scoring import contains_answer
 from clslm.session import Session
@@ -20,6 +22,17 @@ from clslm.session import Session
 
 def numbers(text: str, kind=int) -> list:
     return [kind(x) for x in text.split(",")]
+
+
+def in_context_hits(strategy, docs, max_new_tokens: int) -> int:
+    """What bench's `in_context` row scores: the whole document above the question, deltas off."""
+    hits = 0
+    for d in docs:
+        for qa in d.qa:
+            context = f"{FACTS_INSTRUCTION}\n\n{d.document}"
+            answer = generate(strategy.model, strategy.tokenizer, f"Question: {qa.question}", context=context, max_new_tokens=max_new_tokens, deltas=False)
+            hits += contains_answer(answer.text, list(qa.answers))
+    return hits
 
 
 def main() -> None:
@@ -31,6 +44,7 @@ def main() -> None:
     parser.add_argument("--route-threshold", type=float, default=0.19)
     parser.add_argument("--general-questions", type=int, default=100, help="general questions checked for routing")
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--in-context", action="store_true", help="also score the whole document in the prompt (the ceiling)")
     args = parser.parse_args()
     records = {doc.id: doc for doc in load_facts()}
     docs = [records[i] for i in args.ids.split(",")]
@@ -42,6 +56,9 @@ def main() -> None:
             strategy = s.strategy()
             routed = sum(bool(strategy.retrieve(g.question)) for g in general)
             print(f"chunk_tokens {size}: {routed}/{len(general)} general questions get chunks", flush=True)
+            if args.in_context:
+                print(f"in context: {in_context_hits(strategy, docs, args.max_new_tokens)}/{sum(len(d.qa) for d in docs)}", flush=True)
+                args.in_context = False
             for k, bias in itertools.product(numbers(args.k), numbers(args.bias, float)):
                 strategy.config.k, strategy.config.bias = k, bias
                 start, hits, total = time.perf_counter(), 0, 0

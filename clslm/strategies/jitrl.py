@@ -50,9 +50,9 @@ def _report(document: Document, tokenizer, start: float, **extra) -> LearnReport
 class JitrlMVPConfig(StrategyConfig):
     """jitrl-mvp options (-o KEY=VALUE)."""
 
-    k: int = 3  # chunks retrieved per question
-    chunk_tokens: int = 128  # longest chunk, in model tokens
-    overlap: int = 32  # tokens a chunk shares with the previous one
+    k: int = 1  # chunks retrieved per question
+    chunk_tokens: int = 256  # longest chunk, in model tokens
+    overlap: int = 64  # tokens a chunk shares with the previous one
     bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
     budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
     route_threshold: float = 0.19  # only documents whose TF-IDF match with the question reaches this are searched (0: all)
