@@ -54,6 +54,7 @@ class TTTConfig(StrategyConfig):
     max_grad_norm: float = 1.0
     route_threshold: float = 0.19  # a document's copy acts only on questions whose TF-IDF match reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
+    state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr must be > 0")
@@ -208,6 +209,7 @@ class TTT(Strategy):
             self.name, params, data, loss_fn,
             epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
         )  # fmt: skip
+        self._round_to_state_dtype(patches)
         loss_after = mean_loss(data, loss_fn)
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
@@ -224,6 +226,13 @@ class TTT(Strategy):
                 "skipped_steps": skipped,
             },
         )
+
+    def _round_to_state_dtype(self, patches: list[NeuronPatch]) -> None:
+        """Round the deltas as they will be saved, so answers are the same before and after a reload."""
+        dtype = getattr(torch, self.config.state_dtype)
+        with torch.no_grad():
+            for p in (p for patch in patches for p in patch.parameters()):
+                p.copy_(p.to(dtype))
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:
         if batch["hidden"] is None:
@@ -259,6 +268,10 @@ class TTT(Strategy):
 
     def load_extra_state(self, state: dict) -> None:
         self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        dtype = getattr(torch, self.config.state_dtype)
+        return {k: v.to(dtype) if k.rsplit(".", 1)[1] in ("gate", "up", "down") else v for k, v in super().state_dict().items()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Recreate each saved patch (its shape comes from the tensors), then load strictly."""

@@ -176,3 +176,18 @@ def test_a_full_copy_alone_replaces_the_mlp_with_the_same_output(llama_dir):
     two_pass = dual.mlp(x) + patch(x, dual.mlp, dual.mlp(x))
     assert patch.covers(dual.mlp) and torch.allclose(dual(x), two_pass, atol=1e-6)
     assert not torch.allclose(dual(x), dual.mlp(x), atol=1e-6)  # the copy learned something
+
+
+def test_deltas_are_stored_in_float16_and_answer_the_same_after_a_reload(llama_dir):
+    strategy = make(llama_dir, neurons=0)
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    state = strategy.state_dict()
+    assert {v.dtype for k, v in state.items() if k.endswith((".gate", ".up", ".down"))} == {torch.float16}
+    fresh = make(llama_dir, neurons=0)
+    fresh.load_state_dict(state)
+    fresh.load_extra_state(strategy.extra_state())
+    ids = torch.tensor([[1, 5, 9, 14]])
+    assert torch.equal(fresh.model(input_ids=ids).logits, strategy.model(input_ids=ids).logits)
+    wide = make(llama_dir, neurons=0, state_dtype="float32")
+    wide.learn(Document("kessenbrock", DOCUMENT))
+    assert sum(v.numel() * v.element_size() for v in wide.state_dict().values()) > 1.9 * sum(v.numel() * v.element_size() for v in state.values())
