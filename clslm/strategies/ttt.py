@@ -39,8 +39,8 @@ PREFIX = "ttt_"
 class TTTConfig(StrategyConfig):
     """ttt hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = 3e-4  # AdamW learning rate on the neuron copies
-    epochs: int = 10  # passes over the training text
+    lr: float = 5e-4  # AdamW learning rate on the neuron copies
+    epochs: int = 6  # passes over the training text
     layers: float = 0.25  # fraction of decoder layers (the last ones) that get a Dual-MLP
     neurons: int = 0  # neurons per layer a document may change (TF-IDF gating); 0 = all
     fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
