@@ -28,6 +28,8 @@ from ...errors import InputError, SessionMismatch
 from ...models import file_sha256
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from ..router import DocumentKeys
+from ..router import scores as route_scores
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
@@ -48,6 +50,7 @@ class Doc2LoRAConfig(StrategyConfig):
     accumulate: Literal["mean", "sum"] = "mean"  # the session's documents: averaged, or summed
     max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
     scale: float = 1.0  # multiplies every generated delta
+    route_threshold: float = 0.19  # the LoRA acts only on questions whose TF-IDF match with a document reaches this (0: always)
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = 8
     targets: str = "down_proj"  # comma-separated module names inside a decoder layer
@@ -60,6 +63,7 @@ class Doc2LoRAConfig(StrategyConfig):
         self.check(self.chunk_tokens >= 0, "chunk_tokens must be >= 0")
         self.check(self.max_rank >= 1, "max_rank must be >= 1")
         self.check(self.scale > 0, "scale must be > 0")
+        self.check(0 <= self.route_threshold <= 1, "route_threshold must be in [0, 1]")
         self.check(self.rank >= 1, "rank must be >= 1")
         self.check(bool(self.target_list), "targets must name at least one module")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
@@ -95,6 +99,7 @@ class Doc2LoRA(Strategy):
         self.model = lora.wrap(self.model, self.names)
         self.factors: lora.Factors = {}
         self.documents: list[dict] = []
+        self.keys: list[DocumentKeys] = []  # one per document, for the router
         self.hypernet_sha256: str | None = None
         self._net = None
 
@@ -143,6 +148,7 @@ class Doc2LoRA(Strategy):
         self.factors = lora.cap(self._accumulate(factors), self.config.max_rank)
         lora.install(self.model, self.factors)
         self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
+        self.keys.append(DocumentKeys.from_text(document.text))
         extra = {"mode": self.mode_label, "chunks": n_chunks, "rank": lora.rank(factors), "session_rank": lora.rank(self.factors)}
         tokens = len(ids(tokenizer, document.text))
         return LearnReport(document.name, document.sha256, tokens, losses[0], losses[1], round(time.perf_counter() - start, 3), extra)
@@ -182,7 +188,22 @@ class Doc2LoRA(Strategy):
     def mode_label(self) -> str:
         return "hypernetwork" if self.config.mode == "hypernet" else SIMULATED_LABEL
 
-    # ---- switching off, state -----------------------------------------------------------------------
+    # ---- routing, switching off, state -------------------------------------------------------------
+    def matches(self, question: str) -> bool:
+        """Whether the question is about a learned document (sessions saved without keys: always)."""
+        if self.config.route_threshold <= 0 or len(self.keys) < len(self.documents):
+            return True
+        return max(route_scores(self.keys, question), default=0.0) >= self.config.route_threshold
+
+    @contextmanager
+    def routed(self, question: str):
+        """The LoRA off for questions no learned document matches: they get the base model's answer."""
+        if not self.enabled or self.matches(question):
+            yield
+            return
+        with self.model.disable_adapter():
+            yield
+
     @contextmanager
     def disabled(self):
         was, self.enabled = self.enabled, False
@@ -205,10 +226,12 @@ class Doc2LoRA(Strategy):
 
     def extra_state(self) -> dict:
         hypernet = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256} if self.hypernet_sha256 else None
-        return {"mode": self.mode_label, "hypernet": hypernet, "documents": self.documents} if self.documents else {}
+        keys = [k.to_json() for k in self.keys]
+        return {"mode": self.mode_label, "hypernet": hypernet, "documents": self.documents, "keys": keys} if self.documents else {}
 
     def load_extra_state(self, state: dict) -> None:
         self.documents = list(state.get("documents", []))
+        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
         self.hypernet_sha256 = (state.get("hypernet") or {}).get("sha256")
 
     def describe(self) -> dict:
