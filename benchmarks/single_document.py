@@ -1,7 +1,7 @@
 """One fresh session per document: learn it, ask its questions, print each answer and the hits.
 
 A smoke check for a strategy's learning while changing it (8 questions per document: one question is 0.125).
-    .venv/bin/python benchmarks/single_document.py dev-01,dev-05 --strategy ttt -o epochs=10
+    .venv/bin/python benchmarks/single_document.py dev-01,dev-05 --strategy ttt -o epochs=6
 """
 
 from __future__ import annotations
