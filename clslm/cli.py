@@ -215,7 +215,7 @@ def reset(
 
 @app.command()
 def strategies(as_json: JsonOpt = False) -> None:
-    """List strategies and their -o options with defaults."""
+    """List strategies, their -o options with defaults, and their presets (-o preset=NAME)."""
     import dataclasses
 
     rows = []
@@ -226,7 +226,8 @@ def strategies(as_json: JsonOpt = False) -> None:
             rows.append({"name": name, "available": False, "summary": "not implemented yet", "options": {}})
             continue
         options = {f.name: f.default for f in dataclasses.fields(cls.Config)}
-        rows.append({"name": name, "available": True, "summary": cls.summary, "paper": cls.paper, "options": options})
+        presets = getattr(cls.Config, "PRESETS", {})
+        rows.append({"name": name, "available": True, "summary": cls.summary, "paper": cls.paper, "options": options, "presets": presets})
     if as_json:
         emit_json({"strategies": rows})
         return
@@ -234,6 +235,8 @@ def strategies(as_json: JsonOpt = False) -> None:
         out.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
         if row["options"]:
             out.print("   " + "  ".join(f"{k}={v}" for k, v in row["options"].items()), highlight=False)
+        for preset, values in row.get("presets", {}).items():
+            out.print(f"   preset={preset}: " + " ".join(f"{k}={v}" for k, v in values.items()), highlight=False)
 
 
 @app.command()

@@ -326,6 +326,19 @@ def test_parse_options_rejects_bad_keys_and_values(options, message):
     assert e.value.exit_code == 3
 
 
+def test_a_preset_stands_for_its_options_and_explicit_options_win():
+    from clslm.strategies.ttt import TTTConfig
+
+    seed = parse_options(TTTConfig, {"preset": "seed"})
+    assert (seed.lr, seed.epochs, seed.format, seed.max_tokens, seed.route_threshold) == (1e-5, 1, "raw", 33, 0.0)
+    assert parse_options(TTTConfig, {"preset": "seed", "epochs": "3"}).epochs == 3
+    assert parse_options(TTTConfig, {"preset": "naive"}) == TTTConfig(lr=1e-4, epochs=20, questions=0, route_threshold=0.0)
+    with pytest.raises(InputError, match="unknown preset 'fast'; presets: naive, seed"):
+        parse_options(TTTConfig, {"preset": "fast"})
+    with pytest.raises(InputError, match="none for this strategy"):
+        parse_options(_ToyConfig, {"preset": "seed"})
+
+
 def test_config_from_dict_drops_unknown_keys_and_fills_defaults():
     config = config_from_dict(_ToyConfig, {"steps": 4, "removed_in_a_later_version": 1})
     assert config == _ToyConfig(steps=4)

@@ -215,11 +215,22 @@ class Strategy(ABC):
 
 
 def parse_options(config_cls: type[StrategyConfig], options: dict[str, str], base: StrategyConfig | None = None) -> StrategyConfig:
-    """Build a Config from -o KEY=VALUE strings, coerced to the field types; unknown keys are errors."""
+    """Build a Config from -o KEY=VALUE strings, coerced to the field types; unknown keys are errors.
+
+    `preset=NAME` stands for the options in the Config's PRESETS[NAME]; other -o values override them.
+    """
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values = dataclasses.asdict(base) if base is not None else {}
-    valid = f"valid keys: {', '.join(sorted(fields))}"
+    presets = getattr(config_cls, "PRESETS", {})
+    valid = f"valid keys: {', '.join(sorted(fields) + (['preset'] if presets else []))}"
+    if "preset" in options:
+        options = dict(options)
+        name = options.pop("preset")
+        if name not in presets:
+            known = ", ".join(sorted(presets)) or "none for this strategy"
+            raise InputError(f"unknown preset {name!r}; presets: {known}")
+        options = presets[name] | options  # explicit -o values win over the preset's
     for key, raw in options.items():
         if key not in fields:
             raise InputError(f"unknown option {key!r}; {valid}")

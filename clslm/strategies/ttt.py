@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -55,6 +55,14 @@ class TTTConfig(StrategyConfig):
     route_threshold: float = 0.19  # a document's copy acts only on questions whose TF-IDF match reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
     state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
+
+    # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
+    PRESETS: ClassVar[dict[str, dict[str, str]]] = {
+        # the seed project: lr 1e-5, one pass over 33-token windows of raw text, no router
+        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "route_threshold": "0"},
+        # the naive recipe of issue 5: every copied neuron, 20 epochs of the document and its sentences, no router
+        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "route_threshold": "0"},
+    }
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr must be > 0")
