@@ -1,4 +1,4 @@
-"""Calibrate ttt's router threshold: TF-IDF match of document questions vs general questions.
+"""Calibrate the router threshold (router.py): how document questions and general questions score.
 
 Tunes on the first half of a facts set, reports on the second half (never tune on reported figures).
 Usage: python benchmarks/router_threshold.py [FACTS] [GENERAL]

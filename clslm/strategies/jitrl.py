@@ -26,6 +26,7 @@ from ..generation import chat_prompt, count_tokens, user_message
 from .anatomy import decoder_layers
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .gating import general_corpus
+from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import scores as route_scores
 
@@ -55,7 +56,7 @@ class JitrlMVPConfig(StrategyConfig):
     overlap: int = 64  # tokens a chunk shares with the previous one
     bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
     budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
-    route_threshold: float = 0.19  # only documents whose TF-IDF match with the question reaches this are searched (0: all)
+    route_threshold: float = ROUTE_THRESHOLD  # only documents whose router match (router.py) with the question reaches this are searched (0: all)
 
     def __post_init__(self):
         self.check(self.k >= 1, "k must be >= 1")

@@ -26,6 +26,7 @@ from torch import nn
 from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import scores as route_scores
 from .gating import cached_idf, neuron_activations, select_neurons
@@ -52,7 +53,7 @@ class TTTConfig(StrategyConfig):
     batch_size: int = 8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    route_threshold: float = 0.19  # a document's copy acts only on questions whose TF-IDF match reaches this (0: always)
+    route_threshold: float = ROUTE_THRESHOLD  # a document's copy acts only on questions whose router match (router.py) reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
     state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
 

@@ -28,6 +28,7 @@ from torch import nn
 from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
+from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import scores as route_scores
 from .textbook import batches, build_examples, reply_loss
@@ -49,7 +50,7 @@ class TTTLinearConfig(StrategyConfig):
     questions: int = 3  # cue prompts per sentence
     batch_size: int = 8
     max_grad_norm: float = 1.0
-    route_threshold: float = 0.19  # fast weights act only on questions whose TF-IDF match reaches this (0: always)
+    route_threshold: float = ROUTE_THRESHOLD  # fast weights act only on questions whose router match (router.py) reaches this (0: always)
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr must be > 0")

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from clslm.documents import Document
 from clslm.strategies import gating
 from clslm.strategies.base import StrategyContext
-from clslm.strategies.router import DocumentKeys, scores
+from clslm.strategies.router import THRESHOLD, DocumentKeys, scores
 from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, subject
 from clslm.strategies.ttt import TTT, TTTConfig
 
@@ -135,6 +135,20 @@ def test_router_scores_the_matching_document_highest():
     assert max(scores(keys, "What is the capital of France?")) < 0.1
     restored = DocumentKeys.from_json(keys[0].to_json())
     assert restored.score(["kessenbrock", "engineer"]) == keys[0].score(["kessenbrock", "engineer"])
+
+
+def test_a_question_sharing_only_common_words_with_a_document_is_not_routed():
+    sentence = "The ferry from Tarrow Spit to Ulvermere, run by the Caddenmouth Harbour Board, takes forty minutes and sails every hour."
+    keys = [DocumentKeys.from_text(sentence)]
+    assert scores(keys, "How many minutes are there in an hour?")[0] < THRESHOLD
+    assert scores(keys, "How long does the ferry from Tarrow to Ulvermere take?")[0] >= THRESHOLD
+
+
+def test_keys_saved_before_word_rarity_are_reweighted_on_load():
+    old = {"vocabulary": ["hour", "tarrow"], "idf": [1.5, 4.0], "sentences": [[[0, 0.35], [1, 0.94]]]}
+    keys = DocumentKeys.from_json(old)
+    assert keys.score(["tarrow"]) > 0.9 and keys.score(["hour"]) < 0.5
+    assert DocumentKeys.from_json(keys.to_json()).sentences == keys.sentences
 
 
 def test_unrouted_questions_see_the_base_model(llama_dir):

@@ -28,6 +28,7 @@ from ...errors import InputError, SessionMismatch
 from ...models import file_sha256
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from ..router import THRESHOLD as ROUTE_THRESHOLD
 from ..router import DocumentKeys
 from ..router import scores as route_scores
 from . import lora
@@ -50,7 +51,7 @@ class Doc2LoRAConfig(StrategyConfig):
     accumulate: Literal["mean", "sum"] = "mean"  # the session's documents: averaged, or summed
     max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
     scale: float = 1.0  # multiplies every generated delta
-    route_threshold: float = 0.19  # the LoRA acts only on questions whose TF-IDF match with a document reaches this (0: always)
+    route_threshold: float = ROUTE_THRESHOLD  # the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = 8
     targets: str = "down_proj"  # comma-separated module names inside a decoder layer
