@@ -141,7 +141,7 @@ class JitrlMVP(Strategy):
         start = time.perf_counter()
         texts = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, self.config.overlap)
         self.chunks += [{"document": document.name, "text": t} for t in texts]
-        self.keys[document.name] = DocumentKeys.from_text(" ".join(c["text"] for c in self.chunks if c["document"] == document.name))
+        self.keys[document.name] = self._keys_from_chunks(document.name)
         self._index = None
         on_step(Step(1, 1, phase="chunk"))
         return _report(document, self.tokenizer, start, chunks=len(texts))
@@ -223,9 +223,10 @@ class JitrlMVP(Strategy):
         self.chunks, self._index = list(chunks), None
         saved = state.get("keys", {})
         for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild
-            self.keys[name] = DocumentKeys.from_json(saved[name]) if name in saved else DocumentKeys.from_text(
-                " ".join(c["text"] for c in self.chunks if c["document"] == name)
-            )
+            self.keys[name] = DocumentKeys.from_json(saved[name]) if name in saved else self._keys_from_chunks(name)
+
+    def _keys_from_chunks(self, name: str) -> DocumentKeys:
+        return DocumentKeys.from_text(" ".join(c["text"] for c in self.chunks if c["document"] == name))
 
     def describe(self) -> dict:
         return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from ..documents import split_sentences
@@ -60,13 +60,17 @@ class DocumentKeys:
     def from_text(cls, text: str) -> "DocumentKeys":
         analyze = _analyzer()
         sentences = [analyze(s) for s in split_sentences(text) or [text]]
-        vocabulary = sorted({t for terms in sentences for t in terms})
-        index = {t: i for i, t in enumerate(vocabulary)}
-        return cls(vocabulary, [_vector(terms, index) for terms in sentences if terms])
+        keys = cls(sorted({t for terms in sentences for t in terms}))
+        keys.sentences = [_vector(terms, keys._index) for terms in sentences if terms]
+        return keys
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.vocabulary)}
 
     def score(self, terms: list[str]) -> float:
         """Best cosine similarity between the analysed question terms and one sentence."""
-        query = _vector(terms, {t: i for i, t in enumerate(self.vocabulary)})
+        query = _vector(terms, self._index)
         return max((sum(w * row.get(i, 0.0) for i, w in query.items()) for row in self.sentences), default=0.0)
 
     def to_json(self) -> dict[str, Any]:
@@ -74,18 +78,19 @@ class DocumentKeys:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "DocumentKeys":
+        vocabulary = data["vocabulary"]
         rows = [{int(i): float(w) for i, w in row} for row in data["sentences"]]
         if data.get("weighting") != "zipf":  # keys saved before word rarity: re-weight the same words
-            rows = [_reweigh(row, data["vocabulary"]) for row in rows]
-        return cls(data["vocabulary"], rows)
-
-
-def _reweigh(row: dict[int, float], vocabulary: list[str]) -> dict[int, float]:
-    weights = {i: rarity(vocabulary[i]) for i in row}
-    norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
-    return {i: w / norm for i, w in weights.items() if w > 0}
+            index = {t: i for i, t in enumerate(vocabulary)}
+            rows = [_vector([vocabulary[i] for i in row], index) for row in rows]
+        return cls(vocabulary, rows)
 
 
 def scores(keys: list[DocumentKeys], question: str) -> list[float]:
     terms = _analyzer()(question)
     return [k.score(terms) for k in keys]
+
+
+def matches_any(keys: list[DocumentKeys], question: str, threshold: float) -> bool:
+    """Whether some document's score reaches `threshold` (a threshold of 0 matches everything)."""
+    return threshold <= 0 or max(scores(keys, question), default=0.0) >= threshold

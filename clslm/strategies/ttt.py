@@ -184,24 +184,10 @@ class TTT(Strategy):
         )
         patches = self._add_patches(document)
         self.keys.append(DocumentKeys.from_text(document.text))
-        with self._alone(patches if self.config.route_threshold > 0 else None):
+        # With routing, a document's copy answers alone, so it is trained with the others switched off.
+        alone = {self.documents_learned - 1} if self.config.route_threshold > 0 else set(range(self.documents_learned))
+        with self._only(alone):
             return self._train(document, examples, patches, start_time, on_step)
-
-    @contextmanager
-    def _alone(self, patches: list[NeuronPatch] | None) -> Iterator[None]:
-        """With routing, a document's copy will answer alone: train it with the others switched off."""
-        if patches is None:
-            yield
-            return
-        keep = {id(p) for p in patches}
-        others = [p for dual in self.dual_mlps().values() for p in dual.ttt_patches if id(p) not in keep]
-        for p in others:
-            p.route = 0.0
-        try:
-            yield
-        finally:
-            for p in others:
-                p.route = 1.0
 
     def _train(self, document: Document, examples: list, patches: list[NeuronPatch], start_time: float, on_step: StepCallback) -> LearnReport:
         data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
@@ -259,7 +245,12 @@ class TTT(Strategy):
 
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:
-        active = set(self.active_documents(question))
+        with self._only(set(self.active_documents(question))):
+            yield
+
+    @contextmanager
+    def _only(self, active: set[int]) -> Iterator[None]:
+        """Only the copies of the documents in `active` act inside the block."""
         duals = self.dual_mlps().values()
         for dual in duals:
             for j, patch in enumerate(dual.ttt_patches):

@@ -30,7 +30,7 @@ from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, repl
 from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
 from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
-from .router import scores as route_scores
+from .router import matches_any
 from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss
 
@@ -172,9 +172,7 @@ class TTTLinear(Strategy):
 
     # ---- routing -------------------------------------------------------------------------------
     def matches(self, question: str) -> bool:
-        if self.config.route_threshold <= 0:
-            return True
-        return max(route_scores(self.keys, question), default=0.0) >= self.config.route_threshold
+        return matches_any(self.keys, question, self.config.route_threshold)
 
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:

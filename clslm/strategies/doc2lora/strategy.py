@@ -30,7 +30,7 @@ from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from ..router import THRESHOLD as ROUTE_THRESHOLD
 from ..router import DocumentKeys
-from ..router import scores as route_scores
+from ..router import matches_any
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
@@ -192,9 +192,7 @@ class Doc2LoRA(Strategy):
     # ---- routing, switching off, state -------------------------------------------------------------
     def matches(self, question: str) -> bool:
         """Whether the question is about a learned document (sessions saved without keys: always)."""
-        if self.config.route_threshold <= 0 or len(self.keys) < len(self.documents):
-            return True
-        return max(route_scores(self.keys, question), default=0.0) >= self.config.route_threshold
+        return len(self.keys) < len(self.documents) or matches_any(self.keys, question, self.config.route_threshold)
 
     @contextmanager
     def routed(self, question: str):
