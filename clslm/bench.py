@@ -15,6 +15,7 @@ through `progress(phase, done, total)`.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -220,26 +221,48 @@ def run_compare(
     *,
     progress: Progress = no_progress,
 ) -> Comparison:
-    """run_bench for each strategy with one shared reference; unimplemented or failing ones are reported, not raised."""
+    """run_bench for each strategy with one shared reference; unimplemented or failing ones are reported, not raised.
+
+    A strategy may be a variant, NAME[KEY=VALUE,...] (see variant()): its own options override `options[NAME]`,
+    and the label names its row.
+    """
     settings, options = settings or BenchSettings(), options or {}
     missing = {}
-    for name in strategies:  # check every name and option before the long work starts
+    for label in strategies:  # check every name and option before the long work starts
+        name, own = variant(label)
         try:
-            check_strategy(name, options.get(name, {}))
+            check_strategy(name, {**options.get(name, {}), **own})
         except StrategyNotImplemented as e:
-            missing[name] = Unavailable(name, "not implemented", str(e))
+            missing[label] = Unavailable(label, "not implemented", str(e))
     reference = run_reference(facts, general, settings, progress)
 
-    def measure(name: str) -> BenchResult | Unavailable:
+    def measure(label: str) -> BenchResult | Unavailable:
+        name, own = variant(label)
         try:
-            return run_bench(name, facts, general, settings, options.get(name), reference=reference, progress=progress)
+            result = run_bench(name, facts, general, settings, {**options.get(name, {}), **own}, reference=reference, progress=progress)
         except Exception as e:  # one broken strategy must not cost the others' figures
-            return Unavailable(name, "failed", str(e) if isinstance(e, ClslmError) else f"{type(e).__name__}: {e}")
+            return Unavailable(label, "failed", str(e) if isinstance(e, ClslmError) else f"{type(e).__name__}: {e}")
+        result.strategy = label
+        return result
 
-    entries = [missing.get(name) or measure(name) for name in strategies]
+    entries = [missing.get(label) or measure(label) for label in strategies]
     questions = sum(len(doc.qa) for doc in facts)
     summary = _reference_summary(facts, general, reference)
     return Comparison(settings.model, settings.mode, len(facts), questions, summary, entries, machine_info(settings.device, settings.dtype))
+
+
+def variant(label: str) -> tuple[str, dict[str, str]]:
+    """'ttt[neurons=0,questions=0]' → ('ttt', {'neurons': '0', 'questions': '0'}); a plain name has no options."""
+    match = re.fullmatch(r"\s*([\w-]+)\s*(?:\[([^\]]*)\])?\s*", label)
+    if not match:
+        raise InputError(f"strategy {label!r}: write NAME or NAME[KEY=VALUE,...]")
+    options = {}
+    for item in filter(None, (part.strip() for part in (match.group(2) or "").split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"strategy {label!r}: {item!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return match.group(1), options
 
 
 def check_strategy(name: str, options: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -74,7 +75,7 @@ def bench(
 def compare(
     facts: FactsArg = None,
     *,
-    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names, e.g. ttt,jitrl-mvp,ace.", show_default=False)],
+    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names, e.g. ttt,jitrl-mvp,ace; a variant with its own options: ttt[neurons=0,questions=0].", show_default=False)],
     general: GeneralOpt = None,
     model: ModelOpt = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="[STRATEGY.]KEY=VALUE", help="Strategy hyperparameter, for every strategy or one (ttt.epochs=5); repeatable.")] = None,
@@ -128,15 +129,21 @@ def _load_sets(facts: Path | None, general: Path | None, docs: int | None, gener
 
 
 def _strategy_list(text: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in registry.names()]
-    if not names or unknown:
+    """Comma-separated names or variants (ttt[neurons=0,questions=0]: commas inside brackets stay)."""
+    from .bench import variant
+
+    labels = list(dict.fromkeys(p.strip() for p in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", text) if p.strip()))
+    unknown = [label for label in labels if variant(label)[0] not in registry.names()]
+    if not labels or unknown:
         raise typer.BadParameter(f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; choose from: {', '.join(registry.names())}", param_hint="--strategies")
-    return names
+    return labels
 
 
-def _scoped_options(items: list[str] | None, names: list[str]) -> dict[str, dict[str, str]]:
-    """-o KEY=VALUE goes to every strategy, -o STRATEGY.KEY=VALUE to that one."""
+def _scoped_options(items: list[str] | None, labels: list[str]) -> dict[str, dict[str, str]]:
+    """-o KEY=VALUE goes to every strategy, -o STRATEGY.KEY=VALUE to that one (and its variants)."""
+    from .bench import variant
+
+    names = list(dict.fromkeys(variant(label)[0] for label in labels))
     options: dict[str, dict[str, str]] = {name: {} for name in names}
     for key, value in parse_kv(items).items():
         scope, dot, name = key.rpartition(".")

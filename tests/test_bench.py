@@ -336,3 +336,25 @@ def test_bench_on_the_default_model(tmp_path):
     assert data["forgetting"] is not None and data["general"]["nll_after"] is not None
     assert data["retention"]["first_doc_right_after"] is not None and data["retention"]["first_doc_after_all"] is not None
     assert (tmp_path / "questions.csv").is_file()
+
+
+def test_variant_labels_parse_options_and_reject_malformed_ones():
+    from clslm.bench import variant
+
+    assert variant("ttt") == ("ttt", {})
+    assert variant(" ttt[neurons=0, preset=seed] ") == ("ttt", {"neurons": "0", "preset": "seed"})
+    for bad in ("ttt[neurons]", "ttt[neurons=0", "ttt[=1]"):
+        with pytest.raises(InputError):
+            variant(bad)
+
+
+def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts_file, capfd):
+    args = ["compare", facts_file, "--strategies", "ttt[neurons=4],ttt[neurons=8,epochs=1]", "--docs", "1", "--general-questions", "0", *tiny_args(llama_dir)]
+    code, out, err = run(capfd, *args, "-o", "ttt.max_tokens=32", "-o", "ttt.epochs=2", "--json")
+    assert code == 0, err
+    small, large = json.loads(out)["strategies"]
+    assert (small["strategy"], large["strategy"]) == ("ttt[neurons=4]", "ttt[neurons=8,epochs=1]")
+    assert large["state_mb_per_doc"] > small["state_mb_per_doc"]  # twice the neurons: twice the deltas
+
+    code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt[nope=1]", *tiny_args(llama_dir))
+    assert code == 3 and "nope" in err
