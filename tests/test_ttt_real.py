@@ -22,7 +22,7 @@ from conftest import USER_CLSLM_HOME
 
 FACTS_ID = "dev-01"
 GENERAL_QUESTIONS = 30
-MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 40  # as `clslm bench`: a 32-token answer can stop before the fact
 GENERAL_MAX_NEW_TOKENS = 24
 
 
@@ -132,6 +132,6 @@ def test_ttt_learns_a_document_and_keeps_general_knowledge(tmp_path, real_env, c
         for qa, answer, base in rows:
             print(f"  {qa['question']}\n    learned: {answer!r}\n    base:    {base!r}")
 
-    assert learned_hits >= max(3, base_hits + 2), f"ttt answered only {learned_hits}/8 questions about {FACTS_ID} (base {base_hits}/8)"
+    assert learned_hits >= 4, f"ttt answered only {learned_hits}/8 questions about {FACTS_ID} (base {base_hits}/8)"
     assert base_hits <= 1, f"the base model already answers {base_hits}/8: the document is not new to it"
     assert with_deltas >= 0.9 * without, f"general accuracy fell from {without} to {with_deltas} of {GENERAL_QUESTIONS} (> 10% relative)"

@@ -40,10 +40,10 @@ PREFIX = "ttt_"
 class TTTConfig(StrategyConfig):
     """ttt hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = 5e-4  # AdamW learning rate on the neuron copies
+    lr: float = 2e-3  # AdamW learning rate on the neuron copies
     epochs: int = 6  # passes over the training text
     layers: float = 0.25  # fraction of decoder layers (the last ones) that get a Dual-MLP
-    neurons: int = 0  # neurons per layer a document may change (TF-IDF gating); 0 = all
+    neurons: int = 320  # neurons per layer a document may change (TF-IDF gating); 0 = all
     fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
     alpha: float = 1.0  # blend of the first document's trainable copy
     alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
@@ -60,9 +60,9 @@ class TTTConfig(StrategyConfig):
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
     PRESETS: ClassVar[dict[str, dict[str, str]]] = {
         # the seed project: lr 1e-5, one pass over 33-token windows of raw text, no router
-        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "route_threshold": "0"},
+        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "neurons": "0", "route_threshold": "0"},
         # the naive recipe of issue 5: every copied neuron, 20 epochs of the document and its sentences, no router
-        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "route_threshold": "0"},
+        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "neurons": "0", "route_threshold": "0"},
     }
 
     def __post_init__(self):
