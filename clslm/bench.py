@@ -83,6 +83,7 @@ class BenchResult:
     """One strategy's figures; asdict() is the `clslm bench --json` object. Per-question rows: .rows."""
 
     strategy: str
+    options: dict[str, str]  # the -o options it ran with (a mode such as doc2lora's "simulated" shows here)
     model: str
     mode: str
     docs: int
@@ -209,7 +210,7 @@ def run_bench(
     reference = reference or run_reference(facts, general, settings, progress)
     run = _independent if settings.mode == "independent" else _sequential
     trial = run(strategy, facts, general, settings, options or {}, progress)
-    return _score(strategy, facts, general, settings, reference, trial)
+    return _score(strategy, options or {}, facts, general, settings, reference, trial)
 
 
 def run_compare(
@@ -346,7 +347,7 @@ def _general_after(session, general, settings, phase, progress, trial: _Trial) -
 
 
 # ---- scoring -------------------------------------------------------------------------------------------
-def _score(strategy, facts, general, settings, reference: Reference, trial: _Trial) -> BenchResult:
+def _score(strategy, options, facts, general, settings, reference: Reference, trial: _Trial) -> BenchResult:
     answers = [qa.answers for doc in facts for qa in doc.qa]
     runs = {"base": reference.base, "in_context": reference.in_context, "learned": trial.learned}
     acc = {k: accuracy(v, answers) for k, v in runs.items()}
@@ -355,6 +356,7 @@ def _score(strategy, facts, general, settings, reference: Reference, trial: _Tri
     tokens = sum(reference.doc_tokens)
     result = BenchResult(
         strategy=strategy,
+        options=dict(options),
         model=settings.model,
         mode=settings.mode,
         docs=len(facts),

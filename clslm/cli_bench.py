@@ -186,7 +186,8 @@ def _print_bench(r) -> None:
     """A short table (accuracy and F1 of base / in context / learned), then one line per theme."""
     from .bench_report import DASH, num
 
-    out.print(f"[bold]{r.strategy}[/bold] · {r.mode} · {_count(r.docs, 'document')}, {_count(r.questions, 'question')} · model {r.model}", highlight=False)
+    options = f" ({', '.join(f'{k}={v}' for k, v in r.options.items())})" if r.options else ""
+    out.print(f"[bold]{r.strategy}[/bold]{options} · {r.mode} · {_count(r.docs, 'document')}, {_count(r.questions, 'question')} · model {r.model}", highlight=False)
     table = Table("", "accuracy", "F1", box=None, header_style="bold")
     table.columns[1].justify = table.columns[2].justify = "right"
     for key in ("base", "in_context", "learned"):

@@ -26,7 +26,7 @@ from conftest import DOCUMENT, USER_CLSLM_HOME
 TTT_FAST = {"epochs": "2", "neurons": "8", "max_tokens": "32"}
 TTT_FAST_CLI = [arg for key, value in TTT_FAST.items() for arg in ("-o", f"{key}={value}")]
 BENCH_KEYS = {
-    "strategy", "model", "mode", "docs", "questions", "accuracy", "f1", "gain_recovery", "general", "forgetting", "retention",
+    "strategy", "options", "model", "mode", "docs", "questions", "accuracy", "f1", "gain_recovery", "general", "forgetting", "retention",
     "learn_seconds", "learn_seconds_per_1k_tokens", "ask_seconds_mean", "peak_rss_mb", "state_mb_per_doc", "machine",
 }  # fmt: skip
 SECOND_DOCUMENT = "Ulla Brenning founded the Tamsford Rowing Club in 1911. The club rows on the Orle estuary every spring."
@@ -184,7 +184,7 @@ def test_run_bench_both_modes(model_dir, facts_file, general_file, mode):
     )  # fmt: skip
     data = asdict(result)
     assert set(data) == BENCH_KEYS
-    assert (data["strategy"], data["mode"], data["docs"], data["questions"]) == ("ttt", mode, 2, 4)
+    assert (data["strategy"], data["options"], data["mode"], data["docs"], data["questions"]) == ("ttt", TTT_FAST, mode, 2, 4)
     for key in ("accuracy", "f1"):
         assert set(data[key]) == {"base", "in_context", "learned"} and all(0 <= v <= 1 for v in data[key].values())
     assert set(data["general"]) == {"questions", "before", "after", "nll_before", "nll_after"}
@@ -222,6 +222,7 @@ def test_cli_bench_human_output(llama_dir, facts_file, capfd):
     assert code == 0, err
     for word in ("base", "in_context", "learned", "gain recovery", "retention", "forgetting", "s/1k tokens", "MB/doc", "1 document,"):
         assert word in out
+    assert "ttt (epochs=2, neurons=8, max_tokens=32) · sequential" in out  # the header names the options it ran with
 
 
 def test_compare_shares_the_reference_and_reports_missing_strategies(llama_dir, facts_file, general_file, planned_strategy):
@@ -354,6 +355,7 @@ def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts
     assert code == 0, err
     small, large = json.loads(out)["strategies"]
     assert (small["strategy"], large["strategy"]) == ("ttt[neurons=4]", "ttt[neurons=8,epochs=1]")
+    assert large["options"] == {"max_tokens": "32", "epochs": "1", "neurons": "8"}  # its own options override -o ttt.*
     assert large["state_mb_per_doc"] > small["state_mb_per_doc"]  # twice the neurons: twice the deltas
 
     code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt[nope=1]", *tiny_args(llama_dir))
