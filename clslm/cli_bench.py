@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -68,7 +69,7 @@ def bench(
         return
     _print_bench(result)
     for path in written:
-        out.print(f"wrote {path}", highlight=False)
+        out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -105,12 +106,12 @@ def compare(
     rows = table_rows(comparison.reference, comparison.strategies)
     if plot is not None:
         _plot(plot, comparison)
-        err.print(f"wrote {plot}", highlight=False)
+        err.print(f"wrote {plot}", markup=False, highlight=False, soft_wrap=True)
     facts_info = dict(model=comparison.model, mode=comparison.mode, docs=comparison.docs, questions=comparison.questions)
     table_md = markdown(rows, **facts_info, general_questions=len(general_set), machine=comparison.machine)
     if out_dir is not None:
         for path in write_comparison(out_dir, comparison, table_md):
-            err.print(f"wrote {path}", highlight=False)
+            err.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         emit_json(asdict(comparison))
     elif as_markdown:
@@ -172,7 +173,7 @@ def _table(rows: list[list[str]]) -> Table:
     for column in table.columns[1:]:
         column.justify = "right"
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))  # a variant label, ttt[neurons=0], is not markup
     return table
 
 
@@ -187,7 +188,7 @@ def _print_bench(r) -> None:
     from .bench_report import DASH, num
 
     options = f" ({', '.join(f'{k}={v}' for k, v in r.options.items())})" if r.options else ""
-    out.print(f"[bold]{r.strategy}[/bold]{options} · {r.mode} · {_count(r.docs, 'document')}, {_count(r.questions, 'question')} · model {r.model}", highlight=False)
+    out.print(f"[bold]{escape(r.strategy)}[/bold]{escape(options)} · {r.mode} · {_count(r.docs, 'document')}, {_count(r.questions, 'question')} · model {r.model}", highlight=False)
     table = Table("", "accuracy", "F1", box=None, header_style="bold")
     table.columns[1].justify = table.columns[2].justify = "right"
     for key in ("base", "in_context", "learned"):

@@ -349,7 +349,7 @@ def test_variant_labels_parse_options_and_reject_malformed_ones():
             variant(bad)
 
 
-def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts_file, capfd):
+def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts_file, capfd, tmp_path):
     args = ["compare", facts_file, "--strategies", "ttt[neurons=4],ttt[neurons=8,epochs=1]", "--docs", "1", "--general-questions", "0", *tiny_args(llama_dir)]
     code, out, err = run(capfd, *args, "-o", "ttt.max_tokens=32", "-o", "ttt.epochs=2", "--json")
     assert code == 0, err
@@ -357,6 +357,11 @@ def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts
     assert (small["strategy"], large["strategy"]) == ("ttt[neurons=4]", "ttt[neurons=8,epochs=1]")
     assert large["options"] == {"max_tokens": "32", "epochs": "1", "neurons": "8"}  # its own options override -o ttt.*
     assert large["state_mb_per_doc"] > small["state_mb_per_doc"]  # twice the neurons: twice the deltas
+
+    code, out, err = run(capfd, *args, "-o", "ttt.max_tokens=32", "-o", "ttt.epochs=1", "--out", tmp_path / "cmp")
+    assert code == 0, err
+    assert "ttt[neurons=4]" in out and "ttt[neurons=8,epochs=1]" in out  # labels are not eaten as rich markup
+    assert f"wrote {tmp_path / 'cmp' / 'ttt[neurons=4]' / 'questions.csv'}" in err
 
     code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt[nope=1]", *tiny_args(llama_dir))
     assert code == 3 and "nope" in err
