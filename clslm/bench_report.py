@@ -150,7 +150,7 @@ def _accuracy_panel(ax, names, entries, reference) -> None:
     for i, entry in enumerate(entries):
         if not measured[i]:
             ax.text(x[i], 0.05, entry.status, ha="center", va="bottom", rotation=90, fontsize=9, color="#666")
-    ax.set_xticks(x, names)
+    _name_ticks(ax, names)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("accuracy")
     ax.set_title("facts questions: accuracy", fontsize=10)
@@ -170,4 +170,10 @@ def _bar_panel(ax, names, values, title, *, percent: bool = False) -> None:
     ax.set_title(title, fontsize=10)
     if percent:
         ax.set_ylabel("% of general accuracy lost")
-    ax.tick_params(axis="x", labelrotation=20 if len(names) > 2 else 0)
+    _name_ticks(ax, names)
+
+
+def _name_ticks(ax, names) -> None:
+    """Strategy names under the bars, slanted when there are several (variant labels are long)."""
+    slanted = len(names) > 2
+    ax.set_xticks(range(len(names)), names, rotation=25 if slanted else 0, ha="right" if slanted else "center", rotation_mode="anchor", fontsize=8)

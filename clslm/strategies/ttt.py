@@ -88,20 +88,19 @@ class NeuronPatch(nn.Module):
         self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
         self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
 
-    def covers(self, mlp: nn.Module) -> bool:
-        """Whether this patch holds every neuron of `mlp` (its indices are sorted and unique)."""
-        return self.index.numel() == mlp.down_proj.weight.shape[1]
-
-    def copy_forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
-        """mlp'(x): the MLP with this patch's deltas added (valid when the patch covers every neuron)."""
-        new = mlp.act_fn(x @ (mlp.gate_proj.weight + self.gate).T) * (x @ (mlp.up_proj.weight + self.up).T)
-        return new @ (mlp.down_proj.weight + self.down).T
+    def patched_forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
+        """mlp'(x): the MLP with this patch's deltas added to its neurons' rows and columns."""
+        i = self.index
+        gate = mlp.gate_proj.weight.index_add(0, i, self.gate)
+        up = mlp.up_proj.weight.index_add(0, i, self.up)
+        down = mlp.down_proj.weight.index_add(1, i, self.down)
+        return (mlp.act_fn(x @ gate.T) * (x @ up.T)) @ down.T
 
     def forward(self, x: torch.Tensor, mlp: nn.Module, mlp_out: torch.Tensor) -> torch.Tensor:
-        """mlp'(x) − mlp(x) over this patch's neurons, scaled by alpha (`mlp_out` is mlp(x))."""
-        if self.covers(mlp):  # the frozen part is mlp(x) itself
-            return self.alpha * (self.copy_forward(x, mlp) - mlp_out)
+        """alpha · (mlp'(x) − mlp(x)), the change this patch makes (`mlp_out` is mlp(x))."""
         i = self.index
+        if i.numel() == mlp.down_proj.weight.shape[1]:  # every neuron: the frozen part is mlp(x) itself
+            return self.alpha * (self.patched_forward(x, mlp) - mlp_out)
         w_gate, w_up, w_down = mlp.gate_proj.weight[i], mlp.up_proj.weight[i], mlp.down_proj.weight[:, i]
         old_out = (mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
         new = mlp.act_fn(x @ (w_gate + self.gate).T) * (x @ (w_up + self.up).T)
@@ -119,9 +118,9 @@ class DualMLP(nn.Module, DeltaModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         active = [p for p in self.ttt_patches if p.route] if self.enabled else []
-        if len(active) == 1 and active[0].covers(self.mlp) and float(active[0].alpha) == 1.0:
+        if len(active) == 1 and float(active[0].alpha) == 1.0:
             # mlp(x) + 1·(mlp'(x) − mlp(x)) is mlp'(x): one MLP pass instead of two (the common case)
-            return active[0].copy_forward(x, self.mlp)
+            return active[0].patched_forward(x, self.mlp)
         mlp_out = self.mlp(x)
         y = mlp_out
         for patch in active:

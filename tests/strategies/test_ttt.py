@@ -181,14 +181,17 @@ def test_with_routing_a_document_learns_as_if_alone(llama_dir):
     assert all(torch.equal(second[k], v) for k, v in alone.state_dict().items())
 
 
-def test_a_full_copy_alone_replaces_the_mlp_with_the_same_output(llama_dir):
-    strategy = make(llama_dir, neurons=0)
+@pytest.mark.parametrize("neurons", [0, 8])
+def test_a_patch_alone_replaces_the_mlp_with_the_same_output(llama_dir, neurons):
+    strategy = make(llama_dir, neurons=neurons)
     strategy.learn(Document("kessenbrock", DOCUMENT))
     dual = strategy.dual_mlps()[strategy.layer_ids[0]]
     patch = dual.ttt_patches[0]
     x = torch.randn(2, 5, dual.mlp.down_proj.weight.shape[0])
-    two_pass = dual.mlp(x) + patch(x, dual.mlp, dual.mlp(x))
-    assert patch.covers(dual.mlp) and torch.allclose(dual(x), two_pass, atol=1e-6)
+    mlp, i = dual.mlp, patch.index  # the two-pass sum, written out over the patch's neurons
+    old = (mlp.act_fn(x @ mlp.gate_proj.weight[i].T) * (x @ mlp.up_proj.weight[i].T)) @ mlp.down_proj.weight[:, i].T
+    new = (mlp.act_fn(x @ (mlp.gate_proj.weight[i] + patch.gate).T) * (x @ (mlp.up_proj.weight[i] + patch.up).T)) @ (mlp.down_proj.weight[:, i] + patch.down).T
+    assert torch.allclose(dual(x), mlp(x) + new - old, atol=1e-5)
     assert not torch.allclose(dual(x), dual.mlp(x), atol=1e-6)  # the copy learned something
 
 
