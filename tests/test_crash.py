@@ -62,10 +62,16 @@ def session(template, tmp_path) -> Path:
     return path
 
 
+def default_sigint() -> None:
+    """A child started from a background job inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; the SIGINT tests need the disposition a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def learn(session: Path, doc: Path, home: Path, *, crash_at: str, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess:
     env = subprocess_env(home) | {"CLSLM_TEST_CRASH_AT": crash_at, "CLSLM_TEST_CRASH_SIGNAL": signal_name}
     command = [*COMMAND, "learn", str(doc), "-s", str(session), "--device", "cpu"]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, preexec_fn=default_sigint)
 
 
 def state_files(path: Path) -> dict:
@@ -125,7 +131,7 @@ def test_sigint_on_a_first_learn_leaves_no_session(tmp_path, llama_dir, template
     path = tmp_path / "new-session"
     env = subprocess_env(home) | {"CLSLM_TEST_CRASH_AT": "after-replace:deltas-*", "CLSLM_TEST_CRASH_SIGNAL": "SIGINT"}
     command = [*COMMAND, "learn", str(template["doc"]), "-s", str(path), "--model", str(llama_dir), "--device", "cpu"]
-    proc = subprocess.run([*command, *sum((["-o", f"{k}={v}"] for k, v in fast_options("ttt").items()), [])], capture_output=True, text=True, env=env, timeout=180)
+    proc = subprocess.run([*command, *sum((["-o", f"{k}={v}"] for k, v in fast_options("ttt").items()), [])], capture_output=True, text=True, env=env, timeout=180, preexec_fn=default_sigint)
     assert proc.returncode == 130, proc.stderr
     assert not path.exists()
 
