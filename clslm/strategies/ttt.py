@@ -66,7 +66,7 @@ class TTTConfig(StrategyConfig):
     }
 
     def __post_init__(self):
-        self.check(self.lr > 0, "lr must be > 0")
+        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.epochs >= 1, "epochs must be >= 1")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
         self.check(self.neurons >= 0, "neurons must be >= 0")

@@ -53,7 +53,7 @@ class TTTLinearConfig(StrategyConfig):
     route_threshold: float = ROUTE_THRESHOLD  # fast weights act only on questions whose router match (router.py) reaches this (0: always)
 
     def __post_init__(self):
-        self.check(self.lr > 0, "lr must be > 0")
+        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.epochs >= 1, "epochs must be >= 1")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
         self.check(0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]")

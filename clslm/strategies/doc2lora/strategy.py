@@ -69,7 +69,7 @@ class Doc2LoRAConfig(StrategyConfig):
         self.check(bool(self.target_list), "targets must name at least one module")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
         self.check(self.steps >= 1, "steps must be >= 1")
-        self.check(self.lr > 0, "lr must be > 0")
+        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.probes >= 1, "probes must be >= 1")
 
     @property
