@@ -34,6 +34,9 @@ def train(
     lr: Annotated[float, _opt("AdamW learning rate.", min=0.0)] = 1e-3,
     l1: Annotated[float, _opt("Weight of the L1 penalty on the generated LoRA.", min=0.0)] = 1e-3,
     clip: Annotated[float, _opt("Gradient-norm clip.", min=0.0)] = 1.0,
+    schedule: Annotated[str, _opt("Learning rate: cosine (warm up, then decay to lr/10 at --steps) or constant.")] = "cosine",
+    warmup: Annotated[int, _opt("Warm-up steps of the cosine schedule.", min=0)] = 20,
+    init: Annotated[Optional[Path], _opt("Start from this hypernetwork file (e.g. the bundled one) with a fresh optimizer; same settings required.", show_default=False)] = None,
     rank: Annotated[int, _opt("LoRA rank per chunk.", min=1)] = 8,
     width: Annotated[int, _opt("Hypernetwork width (latent size).", min=8)] = 128,
     blocks: Annotated[int, _opt("Cross-attention blocks.", min=1)] = 2,
@@ -56,7 +59,7 @@ def train(
         raise InputError(f"--mixed-precision {mixed_precision!r}: choose no, fp16 or bf16")
     settings = TrainSettings(
         steps=steps, data=str(data) if data else None, seed=seed, val_docs=val_docs, eval_every=eval_every, qa_per_doc=qa_per_doc,
-        lr=lr, l1=l1, clip=clip, rank=rank, width=width, blocks=blocks, heads=4 if width % 4 == 0 else 1,
+        lr=lr, l1=l1, clip=clip, schedule=schedule, warmup=warmup, init=str(init) if init else None, rank=rank, width=width, blocks=blocks, heads=4 if width % 4 == 0 else 1,
         targets=targets, layers=layers, chunk_tokens=chunk_tokens, combine=combine, max_minutes=max_minutes,
     )  # fmt: skip
     source = resolve_model(model or DEFAULT_MODEL)

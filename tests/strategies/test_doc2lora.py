@@ -27,7 +27,7 @@ from clslm.strategies.doc2lora.train import Trainer, TrainSettings
 from conftest import DOCUMENT
 
 SECOND = "The Orvane Ferry crosses the Lisk estuary. It was founded by Mirela Tansk in 1871 and carries 60 cars."
-TINY = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=64, lr=3e-3)
+TINY = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=64, lr=3e-3, warmup=2)
 
 
 def load(model_dir):
@@ -225,6 +225,26 @@ def test_checkpoints_round_trip_and_resume_continues_the_same_run(llama_dir, tmp
     reading = read(model, reader_prefix(tokenizer), ids(tokenizer, DOCUMENT), net.config.layers, straight.names)
     for (a1, b1), (a2, b2) in zip(net(reading), load_hypernet(tmp_path / "again.safetensors")(reading)):
         assert torch.equal(a1, a2) and torch.equal(b1, b2)
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_a_tenth():
+    s = TrainSettings(steps=120, lr=1e-3, warmup=20)
+    lrs = [s.lr_at(i) for i in range(130)]
+    assert lrs[0] == pytest.approx(5e-5) and lrs[19] == pytest.approx(1e-3) and lrs[20] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+    assert lrs[70] == pytest.approx(5.5e-4) and lrs[120] == pytest.approx(1e-4) and lrs[129] == pytest.approx(1e-4)
+    assert {TrainSettings(steps=120, lr=1e-3, schedule="constant").lr_at(i) for i in (0, 60, 119)} == {1e-3}
+
+
+def test_training_can_start_from_a_hypernetwork_file(llama_dir, hypernet_file, tmp_path):
+    t = trainer(llama_dir, tmp_path / "out", steps=1, init=str(hypernet_file))
+    t.build(resume=False)
+    start = load_hypernet(hypernet_file).state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in t.plain_net.state_dict().items())
+    assert t.step == 0 and t.evaluate()[0] < t.base_val_kl  # it already does what the file's network did
+    with pytest.raises(Exception, match="other settings") as e:
+        trainer(llama_dir, tmp_path / "other", rank=2, init=str(hypernet_file)).build(resume=False)
+    assert e.value.exit_code == 3
 
 
 def test_resume_refuses_a_checkpoint_made_with_other_settings(llama_dir, tmp_path):

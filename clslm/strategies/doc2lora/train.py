@@ -11,6 +11,7 @@ documents are a fixed set never trained on; their mean KL makes the curve.
 from __future__ import annotations
 
 import csv
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,9 @@ class TrainSettings:
     weight_decay: float = 0.01
     l1: float = 1e-3
     clip: float = 1.0
+    schedule: str = "cosine"  # "cosine": warm up over `warmup` steps, then decay to lr/10 at `steps`; "constant"
+    warmup: int = 20
+    init: str | None = None  # start from this hypernetwork file's weights (a fresh optimizer, step 0)
     rank: int = 8
     width: int = 128
     blocks: int = 2
@@ -63,6 +67,17 @@ class TrainSettings:
             raise InputError("doc2lora train: width must be a multiple of heads")
         if self.combine not in ("mean", "concat"):
             raise InputError(f"doc2lora train: combine {self.combine!r}: choose mean or concat")
+        if self.schedule not in ("cosine", "constant") or self.warmup < 0:
+            raise InputError(f"doc2lora train: schedule {self.schedule!r} / warmup {self.warmup}: choose cosine or constant, warmup >= 0")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): a pure function of the step, so resuming needs no scheduler state."""
+        if self.schedule == "constant":
+            return self.lr
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -173,6 +188,8 @@ class Trainer:
         prefix = reader_prefix(self.tokenizer)
         net.set_scales(*module_norms(self.model, self.names, [prefix + ids(self.tokenizer, d.document) for d in self.val_docs[:8]]))
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        if self.settings.init:
+            self._start_from(net, Path(self.settings.init).expanduser())
         checkpoint = self.out / "checkpoint.safetensors"
         if resume and checkpoint.is_file():
             config, weights, optim_state, progress = load_checkpoint(checkpoint)
@@ -185,6 +202,16 @@ class Trainer:
         self.plain_net = self.accelerator.unwrap_model(self.net)
         self.val_episodes = [self._episode(doc, f"val:{doc.id}") for doc in self.val_docs]
         self.base_val_kl = self.base_kl()
+
+    def _start_from(self, net: Hypernet, path: Path) -> None:
+        """Copy a hypernetwork file's weights (and its scales) into `net`; refuse one of another shape or model."""
+        from .hypernet import load_hypernet
+
+        source = load_hypernet(path)
+        mine, theirs = asdict(self.config), asdict(source.config)
+        if {k: v for k, v in theirs.items() if k != "extra"} != {k: v for k, v in mine.items() if k != "extra"}:
+            raise InputError(f"{path}: --init hypernetwork has other settings or another model than this run (rank, width, layers, chunk size, targets)")
+        net.load_state_dict(source.state_dict())
 
     def _episode(self, doc: FactsDoc, key: str) -> Episode:
         rng = random.Random(f"{self.settings.seed}:{key}")
@@ -204,6 +231,8 @@ class Trainer:
             loss, kl = episode_loss(self.model, self.net, self.plain_net, self.names, episode, self.pad, self.settings.l1, self.settings.combine)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.net.parameters(), self.settings.clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr_at(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad()
         return kl
