@@ -63,6 +63,24 @@ def test_fewer_non_finite_losses_in_a_row_than_the_limit_do_not_abort():
     assert taken == (MAX_BAD_STEPS, MAX_BAD_STEPS - 1) and len(steps) == 1
 
 
+@pytest.mark.parametrize("strategy", ["ttt", "ttt-linear"])
+def test_skipped_non_finite_steps_are_reported(tmp_path, llama_dir, monkeypatch, strategy):
+    """Two NaN losses (the 1st and 3rd batches seen) are skipped, and the report says so."""
+    import importlib
+
+    module = importlib.import_module(f"clslm.strategies.{strategy.replace('-', '_')}")
+    real = module.descend
+
+    def flaky(name, params, data, loss_fn, **kw):
+        calls = iter(range(10**9))
+        return real(name, params, data, lambda b: loss_fn(b) * (float("nan") if next(calls) in (0, 2) else 1.0), **kw)
+
+    monkeypatch.setattr(module, "descend", flaky)
+    with Session.create(tmp_path / "s", model=str(llama_dir), strategy=strategy, options=fast_options(strategy), device="cpu") as s:
+        [report] = s.learn([Document(name="kessenbrock", text=DOCUMENT)])
+    assert report.extra["skipped_steps"] == 2 and report.extra["steps"] > 2
+
+
 def check_diverged(capfd, args, session: Path) -> None:
     """Exit 3 ending in one error line (after the progress bar's last frame), the session unchanged."""
     before = snapshot(session)
