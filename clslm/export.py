@@ -71,6 +71,8 @@ def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, 
     strategy = session.strategy()
     report = ExportReport(str(out), format, session.strategy_name, session.model_ref, len(session.documents))
     report.format = _effective_format(strategy, format, report.notes)
+    if report.format != "context":
+        report.notes += strategy.export_notes()
     with staging(out) as tmp:
         if report.format == "context":
             write_context(session, strategy, tmp, report)

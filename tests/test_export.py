@@ -347,6 +347,8 @@ def test_doc2lora_exports_merged_and_peft(tmp_path, llama_dir):
         peft_report = s.export(tmp_path / "adapter", format="peft")
         merged_report = s.export(tmp_path / "merged")
     assert peft_report.exact and merged_report.exact
+    for report in (peft_report, merged_report):  # the export is always on; ask routes
+        assert any("route_threshold=" in note and "always on" in note for note in report.notes), report.notes
     assert (asked - base).abs().max() > 100 * TOL, "the LoRA must change the model for this test to mean anything"
     assert (reload_logits(llama_dir, tmp_path / "adapter") - asked).abs().max() < TOL
     assert (reload_logits(tmp_path / "merged") - asked).abs().max() < TOL

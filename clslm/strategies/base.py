@@ -208,6 +208,10 @@ class Strategy(ABC):
             raise InputError(f"{self.name}: what it learned lives in {', '.join(injected)}, which a standard checkpoint has no place for; it cannot be exported as merged weights")
         return Merged(self.model)
 
+    def export_notes(self) -> list[str]:
+        """How an exported model (its weights always on) differs from what `ask` does; one line each."""
+        return []
+
     def lora_adapter(self) -> Any | None:
         """The peft model whose active LoRA adapter holds what was learned (for --format peft); None when
         what was learned is not LoRA-shaped."""

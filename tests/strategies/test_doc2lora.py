@@ -90,15 +90,46 @@ def test_the_router_keeps_the_lora_off_for_unrelated_questions(llama_dir, hypern
     assert not restored.matches("What is the capital of France?") and restored.matches("Which engineer built the Kessenbrock Light?")
 
 
+def test_a_question_answers_through_its_own_documents_lora(llama_dir, hypernet_file, tmp_path):
+    """Two documents: a question about one gets that document's LoRA alone, not the mean of both."""
+    s = strategy(llama_dir, hypernet=str(hypernet_file))
+    alone = strategy(llama_dir, hypernet=str(hypernet_file))
+    alone.learn(Document("two", SECOND))
+    s.learn(Document("one", DOCUMENT))
+    s.learn(Document("two", SECOND))
+    question = "Who founded the Orvane Ferry across the Lisk estuary?"
+    assert s.active_documents(question)[0] == 1
+    _, tokenizer, _ = load(llama_dir)
+    session_logits = logits(s.model, tokenizer, question)
+    with s.routed(question), alone.routed(question):
+        assert torch.allclose(logits(s.model, tokenizer, question), logits(alone.model, tokenizer, question), atol=1e-5)
+    assert torch.equal(logits(s.model, tokenizer, question), session_logits)  # the session's LoRA is back after the block
+    everything = strategy(llama_dir, hypernet=str(hypernet_file), route_top=0)
+    everything.load_state_dict(s.state_dict())
+    everything.load_extra_state(s.extra_state())
+    with everything.routed(question):
+        assert torch.equal(logits(everything.model, tokenizer, question), session_logits)
+    # The per-document LoRAs survive a session round trip.
+    path = tmp_path / "session"
+    with Session.create(path, model=str(llama_dir), strategy="doc2lora", options={"hypernet": str(hypernet_file)}, device="cpu") as session:
+        session.learn([Document("one", DOCUMENT), Document("two", SECOND)])
+    with Session.open(path, device="cpu") as session:
+        reopened = session.strategy()
+        with reopened.routed(question):
+            assert torch.allclose(logits(reopened.model, tokenizer, question), logits(alone.model, tokenizer, question), atol=1e-5)
+
+
 def test_peft_adapter_keys_are_standard_and_the_adapter_merges(llama_dir, hypernet_file, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
 
     s = strategy(llama_dir, hypernet=str(hypernet_file))
     s.learn(Document("kessenbrock", DOCUMENT))
-    state = s.state_dict()
+    saved = s.state_dict()
+    state = {k: v for k, v in saved.items() if not k.startswith("documents.")}
     peft_state = get_peft_model_state_dict(s.model, adapter_name=lora.ADAPTER)
     assert set(state) == set(peft_state) and all(torch.equal(state[k], peft_state[k]) for k in state)
     assert all(re.fullmatch(r"base_model\.model\.model\.layers\.\d+\.mlp\.down_proj\.lora_[AB]\.weight", k) for k in state)
+    assert {k.removeprefix("documents.0.") for k in saved if k not in state} == set(state)  # the document's own adapter
     # What peft writes with save_pretrained loads back into a fresh base model, and merges into its weights.
     s.model.save_pretrained(tmp_path / "adapter", selected_adapters=[lora.ADAPTER])
     fresh, tokenizer, _ = load(llama_dir)

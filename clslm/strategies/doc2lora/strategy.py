@@ -13,6 +13,10 @@ SVD). Summing is the natural rule, but the bundled hypernetwork's LoRAs carry a 
 document-independent part that a sum multiplies (docs/doc2lora.md has the measurements). The session's
 LoRA lives in one standard peft adapter, so `disabled()` is peft's `disable_adapter()` and the model
 can be merged with `merge_and_unload()`.
+
+Each document's own LoRA is kept too (capped at `doc_rank`): a question answers through the LoRAs of
+its `route_top` best-matching documents only (the router, as ttt does), so one document's effect is
+not diluted by the mean over all the others; `route_top=0` answers through the session's LoRA.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from ..router import THRESHOLD as ROUTE_THRESHOLD
 from ..router import DocumentKeys
-from ..router import matches_any
+from ..router import scores as route_scores
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
@@ -38,6 +42,7 @@ from .simulated import simulate
 
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
 SIMULATED_LABEL = "simulated: gradient context distillation, no hypernetwork"
+DOCUMENT_KEY = "documents."  # prefix of each document's own adapter in the saved state
 
 
 @dataclass
@@ -52,6 +57,8 @@ class Doc2LoRAConfig(StrategyConfig):
     max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
     scale: float = 1.0  # multiplies every generated delta
     route_threshold: float = ROUTE_THRESHOLD  # the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)
+    route_top: int = 1  # a question answers through its best-matching documents' own LoRAs, at most this many (0: the session's LoRA)
+    doc_rank: int = 16  # each document's own LoRA is kept at this rank at most (truncated SVD)
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = 8
     targets: str = "down_proj"  # comma-separated module names inside a decoder layer
@@ -65,6 +72,8 @@ class Doc2LoRAConfig(StrategyConfig):
         self.check(self.max_rank >= 1, "max_rank must be >= 1")
         self.check(self.scale > 0, "scale must be > 0")
         self.check(0 <= self.route_threshold <= 1, "route_threshold must be in [0, 1]")
+        self.check(self.route_top >= 0, "route_top must be >= 0")
+        self.check(self.doc_rank >= 1, "doc_rank must be >= 1")
         self.check(self.rank >= 1, "rank must be >= 1")
         self.check(bool(self.target_list), "targets must name at least one module")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
@@ -98,7 +107,8 @@ class Doc2LoRA(Strategy):
             self._check_fits()
         self.layers = layers
         self.model = lora.wrap(self.model, self.names)
-        self.factors: lora.Factors = {}
+        self.factors: lora.Factors = {}  # the session's LoRA: all documents
+        self.doc_factors: list[lora.Factors] = []  # each document's own (empty for sessions saved before them)
         self.documents: list[dict] = []
         self.keys: list[DocumentKeys] = []  # one per document, for the router
         self.hypernet_sha256: str | None = None
@@ -146,6 +156,8 @@ class Doc2LoRA(Strategy):
             else:
                 (factors, losses), n_chunks = self._simulate(prefix, document, on_step), 1
         factors = {k: (a, b * self.config.scale) for k, (a, b) in factors.items()}
+        if len(self.doc_factors) == len(self.documents):
+            self.doc_factors.append(lora.cap(factors, self.config.doc_rank))
         self.factors = lora.cap(self._accumulate(factors), self.config.max_rank)
         lora.install(self.model, self.factors)
         self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
@@ -192,16 +204,40 @@ class Doc2LoRA(Strategy):
     # ---- routing, switching off, state -------------------------------------------------------------
     def matches(self, question: str) -> bool:
         """Whether the question is about a learned document (sessions saved without keys: always)."""
-        return len(self.keys) < len(self.documents) or matches_any(self.keys, question, self.config.route_threshold)
+        return bool(self.active_documents(question))
+
+    def active_documents(self, question: str) -> list[int]:
+        """The documents whose LoRAs answer `question`: the best router matches at or above the threshold."""
+        if len(self.keys) < len(self.documents):  # keys not saved: every document
+            return list(range(len(self.documents)))
+        ranked = sorted(enumerate(route_scores(self.keys, question)), key=lambda p: -p[1])
+        return [i for i, score in ranked if self.config.route_threshold <= 0 or score >= self.config.route_threshold]
 
     @contextmanager
     def routed(self, question: str):
-        """The LoRA off for questions no learned document matches: they get the base model's answer."""
-        if not self.enabled or self.matches(question):
+        """The LoRA of the question's best-matching documents for the block; none (the base model) when no
+        document matches; the session's LoRA with route_top=0 or when every document is chosen."""
+        if not self.enabled:
             yield
             return
-        with self.model.disable_adapter():
+        active, everything = self.active_documents(question), list(range(len(self.documents)))
+        chosen = sorted(active[: self.config.route_top]) if self.config.route_top else everything
+        if not active:
+            with self.model.disable_adapter():
+                yield
+        elif chosen == everything or len(self.doc_factors) < len(self.documents):
             yield
+        else:
+            lora.install(self.model, self._session_of([self.doc_factors[i] for i in chosen]))
+            try:
+                yield
+            finally:
+                lora.install(self.model, self.factors)
+
+    def _session_of(self, parts: list[lora.Factors]) -> lora.Factors:
+        """What the session's LoRA would be with only these documents (the same accumulate rule)."""
+        combined = lora.concat(parts) if self.config.accumulate == "sum" else lora.mean(parts)
+        return lora.cap(combined, self.config.max_rank)
 
     @contextmanager
     def disabled(self):
@@ -213,15 +249,28 @@ class Doc2LoRA(Strategy):
             self.enabled = was
 
     def state_dict(self) -> dict:
-        return lora.peft_state(self.factors) if self.factors else {}
+        """The session's adapter under peft's own keys; each document's under `documents.I.` + the same keys."""
+        state = lora.peft_state(self.factors) if self.factors else {}
+        for i, factors in enumerate(self.doc_factors):
+            state |= {f"{DOCUMENT_KEY}{i}.{k}": v for k, v in lora.peft_state(factors).items()}
+        return state
 
     def load_state_dict(self, tensors: dict) -> None:
-        factors = lora.from_peft_state(tensors)
+        tensors, own = dict(tensors), {}
+        for key in [k for k in tensors if k.startswith(DOCUMENT_KEY)]:
+            index, rest = key.removeprefix(DOCUMENT_KEY).split(".", 1)
+            own.setdefault(int(index), {})[rest] = tensors.pop(key)
+        self.factors = self._on_device(lora.from_peft_state(tensors))
+        self.doc_factors = [self._on_device(lora.from_peft_state(own[i])) for i in sorted(own)]
+        if sorted(own) != list(range(len(own))):
+            raise InputError("doc2lora: the saved per-document adapters are not numbered 0..n-1")
+        lora.install(self.model, self.factors)
+
+    def _on_device(self, factors: lora.Factors) -> lora.Factors:
         if not set(factors) <= set(self.names):
             raise InputError(f"doc2lora: saved adapter targets modules this configuration does not ({sorted(set(factors) - set(self.names))[:2]})")
         device = lora.unwrap(self.model).device
-        self.factors = {k: (a.to(device), b.to(device)) for k, (a, b) in factors.items()}
-        lora.install(self.model, self.factors)
+        return {k: (a.to(device), b.to(device)) for k, (a, b) in factors.items()}
 
     def extra_state(self) -> dict:
         hypernet = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256} if self.hypernet_sha256 else None
@@ -232,6 +281,15 @@ class Doc2LoRA(Strategy):
         self.documents = list(state.get("documents", []))
         self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
         self.hypernet_sha256 = (state.get("hypernet") or {}).get("sha256")
+
+    def export_notes(self) -> list[str]:
+        c, n = self.config, len(self.documents)
+        routed = [f"only on questions that match a document (route_threshold={c.route_threshold})"] if c.route_threshold > 0 else []
+        if n > 1 and c.route_top and c.route_top < n:
+            routed.append(f"through the LoRAs of the {c.route_top} best-matching document(s) (route_top={c.route_top})")
+        if not routed or not n:
+            return []
+        return [f"clslm answers {' and '.join(routed)}; the export holds the session's LoRA ({c.accumulate} of all {n} document(s)), always on"]
 
     def describe(self) -> dict:
         info = {"mode": self.mode_label, "modules": len(self.names), "rank": lora.rank(self.factors), "documents": len(self.documents)}
