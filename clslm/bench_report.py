@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,11 @@ def write_outputs(directory: Path, result: BenchResult) -> list[Path]:
     return [json_path, csv_path]
 
 
+def folder_name(label: str) -> str:
+    """A variant's label as one directory name: `doc2lora[hypernet=build/hn.safetensors]` → `doc2lora[hypernet=build_hn.safetensors]`."""
+    return re.sub(r"[^\w.,=+\[\]-]", "_", label).lstrip(".") or "_"
+
+
 def write_comparison(directory: Path, comparison: Comparison, table_md: str) -> list[Path]:
     """DIR/compare.json (the --json object), DIR/compare.md (the --markdown table), DIR/NAME/questions.csv."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,8 +109,8 @@ def write_comparison(directory: Path, comparison: Comparison, table_md: str) -> 
     written = [json_path, md_path]
     for entry in comparison.strategies:
         if isinstance(entry, BenchResult):
-            (directory / entry.strategy).mkdir(exist_ok=True)
-            written.append(directory / entry.strategy / "questions.csv")
+            (directory / folder_name(entry.strategy)).mkdir(exist_ok=True)
+            written.append(directory / folder_name(entry.strategy) / "questions.csv")
             write_csv(written[-1], entry.rows)
     return written
 

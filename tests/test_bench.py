@@ -349,6 +349,15 @@ def test_variant_labels_parse_options_and_reject_malformed_ones():
             variant(bad)
 
 
+def test_a_variant_label_becomes_one_safe_folder_name():
+    from clslm.bench_report import folder_name
+
+    assert folder_name("ttt[neurons=4,epochs=1]") == "ttt[neurons=4,epochs=1]"
+    assert folder_name("doc2lora[hypernet=build/hn/net.safetensors]") == "doc2lora[hypernet=build_hn_net.safetensors]"
+    assert folder_name("doc2lora[hypernet=../x y]") == "doc2lora[hypernet=.._x_y]"
+    assert folder_name("../b") == "_b" and folder_name("..") == "_"
+
+
 def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts_file, capfd, tmp_path):
     args = ["compare", facts_file, "--strategies", "ttt[neurons=4],ttt[neurons=8,epochs=1]", "--docs", "1", "--general-questions", "0", *tiny_args(llama_dir)]
     code, out, err = run(capfd, *args, "-o", "ttt.max_tokens=32", "-o", "ttt.epochs=2", "--json")
