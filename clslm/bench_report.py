@@ -109,8 +109,9 @@ def write_comparison(directory: Path, comparison: Comparison, table_md: str) -> 
     written = [json_path, md_path]
     for entry in comparison.strategies:
         if isinstance(entry, BenchResult):
-            (directory / folder_name(entry.strategy)).mkdir(exist_ok=True)
-            written.append(directory / folder_name(entry.strategy) / "questions.csv")
+            folder = directory / folder_name(entry.strategy)
+            folder.mkdir(exist_ok=True)
+            written.append(folder / "questions.csv")
             write_csv(written[-1], entry.rows)
     return written
 

@@ -91,6 +91,12 @@ def scores(keys: list[DocumentKeys], question: str) -> list[float]:
     return [k.score(terms) for k in keys]
 
 
+def best_matches(keys: list[DocumentKeys], question: str, threshold: float) -> list[int]:
+    """Indices of the documents whose score reaches `threshold`, best first (a threshold of 0: all of them)."""
+    ranked = sorted(enumerate(scores(keys, question)), key=lambda p: -p[1])
+    return [i for i, score in ranked if threshold <= 0 or score >= threshold]
+
+
 def matches_any(keys: list[DocumentKeys], question: str, threshold: float) -> bool:
     """Whether some document's score reaches `threshold` (a threshold of 0 matches everything)."""
     return threshold <= 0 or max(scores(keys, question), default=0.0) >= threshold

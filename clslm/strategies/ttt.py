@@ -28,7 +28,7 @@ from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, repl
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
-from .router import scores as route_scores
+from .router import best_matches
 from .gating import cached_idf, neuron_activations, select_neurons
 from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss
@@ -239,8 +239,7 @@ class TTT(Strategy):
         """Documents whose deltas act on `question`: the best TF-IDF matches above the threshold."""
         if self.config.route_threshold <= 0:
             return list(range(self.documents_learned))
-        ranked = sorted(enumerate(route_scores(self.keys, question)), key=lambda p: -p[1])
-        return [i for i, score in ranked[: self.config.route_top] if score >= self.config.route_threshold]
+        return best_matches(self.keys, question, self.config.route_threshold)[: self.config.route_top]
 
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:

@@ -34,7 +34,7 @@ from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from ..router import THRESHOLD as ROUTE_THRESHOLD
 from ..router import DocumentKeys
-from ..router import scores as route_scores
+from ..router import best_matches
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
@@ -210,8 +210,7 @@ class Doc2LoRA(Strategy):
         """The documents whose LoRAs answer `question`: the best router matches at or above the threshold."""
         if len(self.keys) < len(self.documents):  # keys not saved: every document
             return list(range(len(self.documents)))
-        ranked = sorted(enumerate(route_scores(self.keys, question)), key=lambda p: -p[1])
-        return [i for i, score in ranked if self.config.route_threshold <= 0 or score >= self.config.route_threshold]
+        return best_matches(self.keys, question, self.config.route_threshold)
 
     @contextmanager
     def routed(self, question: str):
