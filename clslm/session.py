@@ -38,6 +38,11 @@ class Session:
         self._strategy: Strategy | None = None
         self._lock = None
         self._made_dir = False
+        # What the opener asked for, applied again to the manifest read under the lock (see __enter__):
+        # "new" is None for an existing session, "create" for Session.create (a session that appeared
+        # meanwhile is an error), "open" for open_or_create (it is opened instead).
+        self._new: str | None = None
+        self._request: dict[str, Any] = {"model": None, "strategy": None, "options": None}
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -57,7 +62,9 @@ class Session:
             "state": {"tensors": None, "extra": None},
             "documents": [],
         }
-        return cls(path, manifest, **kw)
+        session = cls(path, manifest, **kw)
+        session._new = "create"
+        return session
 
     @classmethod
     def open(cls, path: str | Path, **kw) -> "Session":
@@ -73,12 +80,18 @@ class Session:
         """Open PATH if it holds a session (checking --model/--strategy agree), else create it."""
         path = _check_path(path)
         if not (path / MANIFEST).exists():
-            return cls.create(path, model=model or DEFAULT_MODEL, strategy=strategy or "ttt", options=options, **kw)
-        session = cls.open(path, **kw)
-        session.check_matches(model=model, strategy=strategy)
-        if options:
-            session.set_options(options)
+            session = cls.create(path, model=model or DEFAULT_MODEL, strategy=strategy or "ttt", options=options, **kw)
+            session._new = "open"
+        else:
+            session = cls.open(path, **kw)
+            session._apply(model=model, strategy=strategy, options=options)
+        session._request = {"model": model, "strategy": strategy, "options": options}
         return session
+
+    def _apply(self, *, model: str | None, strategy: str | None, options: dict[str, str] | None) -> None:
+        self.check_matches(model=model, strategy=strategy)
+        if options:
+            self.set_options(options)
 
     def check_matches(self, *, model: str | None = None, strategy: str | None = None) -> None:
         if strategy and strategy != self.strategy_name:
@@ -124,7 +137,28 @@ class Session:
         except OSError as e:  # a file in the way, a read-only or vanished directory
             self._lock = None
             raise SessionError(f"{self.path}: cannot use this as a session directory ({e.strerror or e})") from None
+        try:
+            self._reread()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
+
+    def _reread(self) -> None:
+        """Under the lock: the session as it is now. What was read before the lock was taken may be stale:
+        another process may have learned, reset or created this session while this one waited."""
+        manifest_path = self.path / MANIFEST
+        self._strategy = None
+        if not manifest_path.exists():
+            if self._new is None:
+                raise SessionNotFound(f"{self.path}: no session here any more (removed while this process waited)")
+            return
+        if self._new == "create":
+            raise SessionMismatch(f"{self.path}: a session already exists here")
+        self.manifest = upgrade(read_manifest(manifest_path), manifest_path)
+        if self._new == "open":  # created by another process while this one waited: open it as if it had been there
+            self._new = None
+        self._apply(**self._request)
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
@@ -248,6 +282,7 @@ class Session:
         self.manifest["updated"] = _now()
         self.manifest["clslm_version"] = __version__
         write_json_atomic(self.path / MANIFEST, self.manifest)
+        self._new = None
         self._prune()
 
     def _write_tensors(self, tensors: dict[str, Any]) -> dict[str, Any]:
