@@ -186,7 +186,8 @@ def info(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> 
     out.print(f"state     {data['state_bytes'] / 1e6:.2f} MB")
     table = Table("document", "tokens", "loss before → after", "seconds", "learned at", box=None)
     for d in data["documents"]:
-        loss = f"{d['loss_before']:.3f} → {d['loss_after']:.3f}" if d.get("loss_before") is not None else "-"
+        before, after = d.get("loss_before"), d.get("loss_after")
+        loss = "-" if before is None and after is None else " → ".join("-" if x is None else f"{x:.3f}" for x in (before, after))
         table.add_row(d["name"], str(d["tokens"]), loss, f"{d['seconds']:.1f}", d.get("learned_at", ""))
     out.print(table if data["documents"] else "documents none yet")
 

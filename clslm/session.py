@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +18,8 @@ from .atomic import crash_point, is_temp, write_atomic, write_json_atomic
 from .documents import Document
 from .errors import ClslmError, InputError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
-from .manifest import FORMAT_VERSION, read_committed, read_manifest, upgrade
+from .manifest import FORMAT_VERSION, config_problem, read_committed, read_manifest, upgrade
+from .state_files import load_extra, load_extra_into, load_into, load_tensors
 from .models import DEFAULT_MODEL, ModelSource, file_sha256, load_model, resolve_model
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
 
@@ -51,7 +53,7 @@ class Session:
         path = _check_path(path)
         if (path / MANIFEST).exists():
             raise SessionMismatch(f"{path}: a session already exists here")
-        config = parse_options(registry.get(strategy).Config, options or {})
+        config = _checked(parse_options(registry.get(strategy).Config, options or {}))
         source = resolve_model(model)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -107,7 +109,7 @@ class Session:
             return False
 
     def set_options(self, options: dict[str, str]) -> None:
-        config = parse_options(self._strategy_class().Config, options, base=self._saved_config())
+        config = _checked(parse_options(self._strategy_class().Config, options, base=self._saved_config()))
         self.manifest["strategy"]["config"] = asdict(config)
         self._strategy = None
 
@@ -118,8 +120,12 @@ class Session:
             raise SessionMismatch(f"{self.path}: session uses a strategy this clslm cannot run ({e})") from None
 
     def _saved_config(self):
+        config_cls, saved = self._strategy_class().Config, self.manifest["strategy"]["config"]
         try:
-            return config_from_dict(self._strategy_class().Config, self.manifest["strategy"]["config"])
+            problem = config_problem(config_cls, saved)
+            if problem:
+                raise InputError(problem)
+            return config_from_dict(config_cls, saved)
         except (InputError, TypeError, ValueError) as e:
             raise SessionCorrupt(f"{self.path / MANIFEST}: strategy config does not fit {self.strategy_name!r} ({e})") from None
 
@@ -187,7 +193,19 @@ class Session:
         return sum(entry["bytes"] for entry in self.manifest["state"].values() if entry)
 
     def info(self) -> dict[str, Any]:
-        self.verify()
+        """What `clslm info` shows. It takes no lock: a learn may commit (and prune the state files this
+        manifest names) meanwhile, so a failed check is retried on the manifest as it is then."""
+        for _ in range(3):
+            try:
+                self.verify()
+                break
+            except SessionCorrupt:
+                now = read_committed(self.path / MANIFEST, self.manifest)
+                if now == self.manifest:
+                    raise
+                self.manifest, self._strategy = now, None
+        else:
+            self.verify()
         info = {"session": str(self.path), **{k: self.manifest[k] for k in ("format_version", "clslm_version", "created", "model", "strategy")}}
         info |= {"documents": self.documents, "state_bytes": self.state_bytes()}
         if self._strategy is not None:
@@ -226,7 +244,7 @@ class Session:
                 if on_document:
                     on_document(doc)
                 reports.append(strategy.learn(doc, step))
-            learned = [asdict(r) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
+            learned = [_finite(asdict(r)) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
             self.manifest["documents"] = self.documents + learned
             self.save()
         except BaseException:
@@ -317,29 +335,23 @@ class Session:
         return data
 
     def verify(self) -> None:
-        """Check that every state file the manifest names is there with its size and sha256."""
-        for entry in self.manifest["state"].values():
+        """Check that every state file the manifest names is there with its size and sha256, and that the
+        JSON state is a JSON object within limits (the tensors are checked against the model at load)."""
+        for kind, entry in self.manifest["state"].items():
             if entry:
-                self._read_blob(entry)
+                data = self._read_blob(entry)
+                if kind == "extra":
+                    load_extra(data, self.path / entry["file"])
 
     def _load_state(self, strategy: Strategy) -> None:
-        from safetensors.torch import load
-
+        """Apply the saved state, every file checked first (clslm/state_files.py): extra, then tensors."""
         tensors_entry, extra_entry = self.manifest["state"]["tensors"], self.manifest["state"]["extra"]
         if extra_entry:
-            try:
-                strategy.load_extra_state(json.loads(self._read_blob(extra_entry)))
-            except (InputError, KeyError, TypeError, ValueError) as e:
-                raise SessionCorrupt(f"{self.path / extra_entry['file']}: state does not fit {self.strategy_name!r} ({e})") from None
+            where = self.path / extra_entry["file"]
+            load_extra_into(strategy, load_extra(self._read_blob(extra_entry), where), where)
         if tensors_entry:
-            try:
-                tensors = load(self._read_blob(tensors_entry))
-            except Exception as e:
-                raise SessionCorrupt(f"{self.path / tensors_entry['file']}: unreadable safetensors ({e})") from None
-            try:
-                strategy.load_state_dict(tensors)
-            except InputError as e:
-                raise SessionCorrupt(f"{self.path}: {e}") from None
+            where = self.path / tensors_entry["file"]
+            load_into(strategy, load_tensors(self._read_blob(tensors_entry), where), where)
 
     def _prune(self) -> None:
         """Delete state files the manifest does not name and temp files of writes a kill cut short."""
@@ -355,6 +367,25 @@ def _check_path(path: str | Path) -> Path:
     if "\x00" in text:
         raise InputError("session path contains a NUL byte")
     return Path(text)
+
+
+def _checked(config):
+    """A config from -o options: its float options must be finite (the manifest is strict JSON)."""
+    problem = config_problem(type(config), asdict(config))
+    if problem:
+        raise InputError(f"option {problem}")
+    return config
+
+
+def _finite(value: Any) -> Any:
+    """A learn report with each non-finite number (a loss, an extra) as null: the manifest is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _check_finite(tensors: dict[str, Any]) -> None:
