@@ -138,7 +138,7 @@ def _pdf_document(path: str, data: bytes, password: str | None) -> Document:
             if not pdf.authenticate(password):
                 raise InputError(f"{path}: wrong PDF password")
         try:
-            text = "\n\n".join(page.get_text() for page in pdf)
+            text = "\n\n".join(_page_text(page) for page in pdf)
         except Exception as e:
             raise InputError(f"{path}: cannot read PDF text ({e})") from None
         repaired = pdf.is_repaired
@@ -147,6 +147,11 @@ def _pdf_document(path: str, data: bytes, password: str | None) -> Document:
             raise InputError(f"{path}: damaged PDF (truncated?); no text could be read")
         raise InputError(f"{path}: PDF has no text layer (scanned images?); run OCR first")
     return Document(name=path, text=text, encoding="pdf")
+
+
+def _page_text(page) -> str:
+    """A page's text blocks as paragraphs: a heading is its own block, so it does not run into the next sentence."""
+    return "\n\n".join(block[4].strip() for block in page.get_text("blocks") if block[6] == 0 and block[4].strip())
 
 
 def _jsonl_documents(path: str, data: bytes, text_field: str) -> list[Document]:

@@ -246,6 +246,16 @@ def test_pdf(tmp_path):
     assert doc.text.index("1793") < doc.text.index("41 metres")
 
 
+def test_pdf_headings_stay_apart_from_the_sentence_below():
+    """The bundled demo report: a heading is a text block of its own, not glued to the next sentence."""
+    from importlib.resources import files
+
+    sentences = split_sentences(read_one(files("clslm").joinpath("data/sample-report.pdf")).text)
+    assert sentences[:2] == ["The Varrow Observatory", "Founding"]
+    assert "The Great Telescope" in sentences
+    assert sentences[2].startswith("The Varrow Observatory stands on Mount Telleck")
+
+
 def test_pdf_suffix_is_case_insensitive(tmp_path):
     path = make_pdf(tmp_path / "DOC.PDF")
     assert "1793" in read_one(path).text
