@@ -33,7 +33,7 @@ def main() -> None:
             report = s.learn([Document(doc_id, record.document)], on_step=lambda step: step.loss is not None and losses.append(step.loss))[0]
             tenth = max(1, len(losses) // 10)
             curve = [sum(losses[i : i + tenth]) / len(losses[i : i + tenth]) for i in range(0, len(losses), tenth)]
-            print(f"  {len(losses)} steps, {report.seconds:.0f} s; mean loss per tenth: {' '.join(f'{x:.2f}' for x in curve)}", flush=True)
+            print(f"  {len(losses)} steps, {report.seconds:.0f} s {report.extra.get('phase_seconds')} parts {report.extra.get('parts')}; mean loss per tenth: {' '.join(f'{x:.2f}' for x in curve)}", flush=True)
             hits = 0
             for qa in record.qa:
                 answer = s.ask(qa.question, max_new_tokens=args.max_new_tokens).text

@@ -32,7 +32,7 @@ from .machine import machine_info, peak_rss_mb
 from .models import DEFAULT_MODEL
 from .scoring import contains_answer, token_f1
 
-FACTS_INSTRUCTION = "Read this document and answer the question."
+from .generation import READ_INSTRUCTION as FACTS_INSTRUCTION
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 

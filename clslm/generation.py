@@ -6,6 +6,11 @@ import time
 from dataclasses import dataclass
 
 
+# How a document is put in front of the model to be read (the bench's in-context setting, and the
+# teacher of context distillation): this line, the document, then "Question: …".
+READ_INSTRUCTION = "Read this document and answer the question."
+
+
 @dataclass
 class Answer:
     """One generated answer and exactly what the model saw."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +36,18 @@ def gated_mlp(layer: nn.Module) -> nn.Module:
     if mlp is None or not all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         raise InputError(f"{type(layer).__name__}: needs a gated MLP (gate_proj, up_proj, down_proj)")
     return mlp
+
+
+def cache_of(output):
+    """The KV cache a forward pass with use_cache=True returned."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_kwarg(model, cache) -> dict:
+    """transformers 5.x renamed `past_key_values` to `cache`; pass whichever this version takes."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    return {"cache": cache} if "cache" in inspect.signature(inner.forward).parameters else {"past_key_values": cache}
 
 
 class _Replay(nn.Module):

@@ -58,8 +58,15 @@ class DocumentKeys:
 
     @classmethod
     def from_text(cls, text: str) -> "DocumentKeys":
+        """Keys of `text`'s sentences; a markdown heading's words join every sentence under it, not a key of its own."""
         analyze = _analyzer()
-        sentences = [analyze(s) for s in split_sentences(text) or [text]]
+        sentences, headings = [], {}
+        for sentence in split_sentences(text) or [text]:
+            level = len(sentence) - len(sentence.lstrip("#"))
+            if level and sentence[level : level + 1].isspace():
+                headings = {k: v for k, v in headings.items() if k < level} | {level: analyze(sentence)}
+                continue
+            sentences.append(analyze(sentence) + [t for terms in headings.values() for t in terms])
         keys = cls(sorted({t for terms in sentences for t in terms}))
         keys.sentences = [_vector(terms, keys._index) for terms in sentences if terms]
         return keys

@@ -8,15 +8,19 @@ those, cue prompts made of a few of its own words (what a question shares with i
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..documents import Document, split_sentences
 from ..generation import chat_prompt
+from .context_distillation import distillation_loss
 from .questions import NOT_NAMES, questions_for
 
 
@@ -24,6 +28,13 @@ from .questions import NOT_NAMES, questions_for
 class Example:
     input_ids: list[int]
     labels: list[int]  # -100 where no loss is taken
+    user: str = ""  # the question of a chat example ('' for raw text)
+    teacher: Any = None  # context_distillation.Teacher for the labelled positions, when distilling
+
+    @property
+    def reply(self) -> list[int]:
+        """The labelled tokens (a chat example's reply)."""
+        return [t for t in self.labels if t != -100]
 
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
@@ -79,12 +90,15 @@ def resolve_pronoun(sentence: str, topic: str) -> str:
     return (f"{name}'s" if possessive else name) + sentence[match.end() :]
 
 
+PIECE_PROMPT = "Tell me about "  # the question a piece of the document (not one sentence) answers
+
+
 def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sentence: int, seed: int = 0) -> list[tuple[str, str]]:
     """(user, reply) pairs: the document in pieces, each sentence, and cue prompts answered by it."""
     sentences = split_sentences(document.text) or [document.text.strip()]
     topic = subject(document.text)
     rng = random.Random(seed)
-    pairs = [(f"Tell me about {topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
+    pairs = [(f"{PIECE_PROMPT}{topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
     sentences = [resolve_pronoun(s, topic) for s in sentences]
     frequency = Counter(w.lower() for s in sentences for w in set(content_words(s)))
     for sentence in sentences:
@@ -120,12 +134,65 @@ def build_examples(document: Document, tokenizer, *, fmt: str = "chat", max_toke
         prompt_ids = tokenizer(chat_prompt(tokenizer, user), add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(chat_prompt(tokenizer, user, reply=reply), add_special_tokens=False)["input_ids"]
         n = len(prompt_ids) if full_ids[: len(prompt_ids)] == prompt_ids else 0
-        examples.append(Example(full_ids, [-100] * n + full_ids[n:]))
+        examples.append(Example(full_ids, [-100] * n + full_ids[n:], user=user))
     return examples
 
 
+def reply_example(tokenizer, user: str, reply: list[int], teacher: Any = None) -> Example:
+    """A chat example from a question and the reply's token ids (e.g. the teacher's own answer)."""
+    prompt = tokenizer(chat_prompt(tokenizer, user), add_special_tokens=False)["input_ids"]
+    return Example(prompt + reply, [-100] * len(prompt) + reply, user=user, teacher=teacher)
+
+
+_HEADING = re.compile(r"^#{1,6}\s")
+
+
+def sections(text: str, tokenizer, max_tokens: int) -> list[str]:
+    """The document cut into parts of at most about max_tokens, at paragraph (else sentence) bounds.
+
+    Each markdown section is cut on its own into parts of near-equal size, and its headings are repeated
+    above each part, so a part says what it is about (the teacher reads it alone, the router keys it).
+    """
+    def size(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    parts = []
+    for headings, paragraphs in _markdown_sections(text):
+        units = [u for p in paragraphs for u in ([p] if size(p) <= max_tokens else _pieces(split_sentences(p), tokenizer, max_tokens))]
+        for group in _balanced(units, [size(u) for u in units], max_tokens):
+            parts.append("\n\n".join(headings + group))
+    return parts or [text]
+
+
+def _balanced(units: list[str], sizes: list[int], max_tokens: int) -> list[list[str]]:
+    """Consecutive units in the fewest groups of about max_tokens, cut where the groups come out nearest equal."""
+    total = sum(sizes)
+    n = max(1, math.ceil(total / max_tokens))
+    ends = list(itertools.accumulate(sizes))
+    cuts = sorted({min(range(len(units)), key=lambda i: abs(ends[i] - total * k / n)) + 1 for k in range(1, n)} | {len(units)})
+    return [units[a:b] for a, b in zip([0] + cuts, cuts) if a < b]
+
+
+def _markdown_sections(text: str) -> list[tuple[list[str], list[str]]]:
+    """(headings in force, paragraphs) per markdown section; a text without headings is one section."""
+    out: list[tuple[list[str], list[str]]] = [([], [])]
+    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()):
+        if not _HEADING.match(paragraph):
+            out[-1][1].append(paragraph)
+            continue
+        line = paragraph.splitlines()[0]
+        level = len(line) - len(line.lstrip("#"))
+        headings = [h for h in out[-1][0] if len(h) - len(h.lstrip("#")) < level] + [line]
+        out.append((headings, [paragraph.split("\n", 1)[1]] if "\n" in paragraph else []))
+    return [(h, p) for h, p in out if p]
+
+
 def batches(examples: list[Example], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    """Right-padded batches of similar lengths (the composition stays fixed across epochs)."""
+    """Right-padded batches of similar lengths (the composition stays fixed across epochs).
+
+    With teachers, a batch also holds their top-k targets in the order the labelled positions take in
+    the batch (row by row), as `reply_loss` gathers them.
+    """
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out = []
     for start in range(0, len(order), batch_size):
@@ -137,14 +204,20 @@ def batches(examples: list[Example], batch_size: int, pad_id: int) -> list[dict[
         for row, e in enumerate(group):
             n = len(e.input_ids)
             ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
-        out.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if all(e.teacher is not None for e in group):
+            batch["teacher_indices"] = torch.cat([e.teacher.indices for e in group])
+            batch["teacher_logprobs"] = torch.cat([e.teacher.logprobs for e in group])
+        out.append(batch)
     return out
 
 
-def reply_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions, running the LM head only there.
+def reply_loss(model, batch: dict[str, torch.Tensor], hard: float = 1.0) -> torch.Tensor:
+    """Loss over the labelled positions, running the LM head only there (the vocabulary projection costs
+    as much as several decoder layers; prompt positions need none).
 
-    The vocabulary projection costs as much as several decoder layers; prompt positions need none.
+    Next-token cross-entropy; with teacher targets in the batch, KL(teacher ‖ student) plus `hard` times
+    the cross-entropy.
     """
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
@@ -153,4 +226,8 @@ def reply_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    cross_entropy = torch.nn.functional.cross_entropy(logits, targets[keep])
+    if "teacher_indices" not in batch:
+        return cross_entropy
+    kl = distillation_loss(logits, batch["teacher_indices"], batch["teacher_logprobs"])
+    return kl + hard * cross_entropy if hard else kl

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -58,6 +60,24 @@ def descend(
         for p in params:
             p.requires_grad_(False)
     return step, skipped
+
+
+class PhaseClock:
+    """Wall seconds spent in named phases of a learn (`with clock("teacher"): ...`), for --json and profiles."""
+
+    def __init__(self):
+        self._seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[phase] = self._seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self._seconds.items()}
 
 
 def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor]) -> float:

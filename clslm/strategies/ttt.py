@@ -30,8 +30,9 @@ from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import best_matches
 from .gating import cached_idf, neuron_activations, select_neurons
-from .textbook import batches, build_examples, reply_loss
-from .training import descend, mean_loss
+from .context_distillation import answer, teach
+from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections
+from .training import PhaseClock, descend, mean_loss
 
 PREFIX = "ttt_"
 
@@ -56,9 +57,16 @@ class TTTConfig(StrategyConfig):
     route_threshold: float = ROUTE_THRESHOLD  # a document's copy acts only on questions whose router match (router.py) reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
     state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
+    objective: Literal["distill", "next-token"] = "distill"  # match the model reading the chunk, or predict the reply text
+    hard: float = 0.5  # with distill: weight of the reply's next-token loss added to the KL
+    top_k: int = 32  # with distill: teacher log-probabilities kept per reply token
+    replies: Literal["document", "teacher", "both"] = "both"  # with distill: replies are the document's sentences, the teacher's own answers, or both
+    chunk_tokens: int = 384  # the document is learned in parts of about this many tokens, each routed on its own (0: whole)
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
     PRESETS: ClassVar[dict[str, dict[str, str]]] = {
+        # ttt v1 (2026-12-02): next-token loss on the whole document as one routed unit
+        "v1": {"objective": "next-token", "chunk_tokens": "0"},
         # the seed project: lr 1e-5, one pass over 33-token windows of raw text, no router
         "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "neurons": "0", "route_threshold": "0"},
         # the naive recipe of issue 5: every copied neuron, 20 epochs of the document and its sentences, no router
@@ -73,6 +81,8 @@ class TTTConfig(StrategyConfig):
         self.check(0 < self.fire_fraction <= 1, "fire_fraction must be in (0, 1]")
         self.check(0 < self.alpha <= 1 and 0 < self.alpha_decay <= 1, "alpha and alpha_decay must be in (0, 1]")
         self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
+        self.check(self.hard >= 0 and 1 <= self.top_k <= 1024, "hard must be >= 0 and top_k in [1, 1024]")
+        self.check(self.chunk_tokens == 0 or self.chunk_tokens >= 64, "chunk_tokens must be 0 (whole document) or >= 64")
 
 
 class NeuronPatch(nn.Module):
@@ -176,50 +186,78 @@ class TTT(Strategy):
 
     # ---- learning ------------------------------------------------------------------------------
     def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        """Learn each part of the document (chunk_tokens) into its own routed neuron patches."""
         start_time = time.perf_counter()
         torch.manual_seed(self.config.seed)
-        examples = build_examples(
-            document, self.tokenizer, fmt=self.config.format, max_tokens=self.config.max_tokens, questions_per_sentence=self.config.questions
-        )
-        patches = self._add_patches(document)
-        self.keys.append(DocumentKeys.from_text(document.text))
-        # With routing, a document's copy answers alone, so it is trained with the others switched off.
-        alone = {self.documents_learned - 1} if self.config.route_threshold > 0 else set(range(self.documents_learned))
-        with self._only(alone):
-            return self._train(document, examples, patches, start_time, on_step)
-
-    def _train(self, document: Document, examples: list, patches: list[NeuronPatch], start_time: float, on_step: StepCallback) -> LearnReport:
-        data = batches(examples, self.config.batch_size, self.tokenizer.pad_token_id)
-        params = [p for patch in patches for p in patch.parameters()]
-        start = self.layer_ids[0]
-        device = self.model.device
-        data = [{k: v.to(device) for k, v in b.items()} for b in data]
-        for b in data:
-            b["hidden"] = hidden_before(self.model, start, b["input_ids"], b["attention_mask"])
-        loss_fn = partial(self._loss, start=start)
-        loss_before = mean_loss(data, loss_fn)
         c = self.config
-        steps, skipped = descend(
-            self.name, params, data, loss_fn,
-            epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
-        )  # fmt: skip
-        self._round_to_state_dtype(patches)
-        loss_after = mean_loss(data, loss_fn)
+        parts = sections(document.text, self.tokenizer, c.chunk_tokens) if c.chunk_tokens else [document.text]
+        clock = PhaseClock()
+        units = [self._prepare(Document(document.name, part), clock) for part in parts]
+        total = sum(len(data) for data, _ in units) * c.epochs
+        steps, skipped, before, after = 0, 0, [], []
+        for data, patches in units:
+            progress = partial(_offset_step, on_step=on_step, done=steps, total=total)
+            # With routing, a part's copy answers alone, so it is trained with the others switched off.
+            unit = self.documents_learned - len(units) + len(before)
+            alone = {unit} if c.route_threshold > 0 else set(range(self.documents_learned))
+            with self._only(alone), clock("train"):
+                loss_fn = partial(self._loss, start=self.layer_ids[0])
+                before.append(mean_loss(data, loss_fn))
+                n, bad = descend(
+                    self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
+                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress,
+                )  # fmt: skip
+                self._round_to_state_dtype(patches)
+                after.append(mean_loss(data, loss_fn))
+            steps, skipped = steps + n, skipped + bad
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
             name=document.name,
             sha256=document.sha256,
             tokens=tokens,
-            loss_before=loss_before,
-            loss_after=loss_after,
+            loss_before=_mean(before),
+            loss_after=_mean(after),
             seconds=round(time.perf_counter() - start_time, 2),
             extra={
-                "neurons": sum(p.index.numel() for p in patches),
-                "alpha": float(patches[0].alpha),
+                "parts": len(units),
+                "neurons": sum(p.index.numel() for _, patches in units for p in patches),
+                "alpha": float(units[0][1][0].alpha),
                 "steps": steps,
                 "skipped_steps": skipped,
+                "phase_seconds": clock.seconds(),
             },
         )
+
+    def _prepare(self, part: Document, clock: PhaseClock) -> tuple[list[dict], list[NeuronPatch]]:
+        """A part's training batches (with teacher targets and cached frozen-layer states) and its new patches."""
+        c = self.config
+        with clock("examples"):
+            examples = build_examples(part, self.tokenizer, fmt=c.format, max_tokens=c.max_tokens, questions_per_sentence=c.questions)
+        if c.objective == "distill" and c.format == "chat":
+            examples = self._distilled(part, [e for e in examples if e.user and e.reply], clock)
+        data = [{k: v.to(self.model.device) for k, v in b.items()} for b in batches(examples, c.batch_size, self.tokenizer.pad_token_id)]
+        with clock("frozen layers"):
+            for b in data:
+                b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], b["attention_mask"])
+        with clock("gating"):
+            patches = self._add_patches(part)
+        self.keys.append(DocumentKeys.from_text(part.text))
+        return data, patches
+
+    def _distilled(self, part: Document, examples: list[Example], clock: PhaseClock) -> list[Example]:
+        """The examples with the teacher's targets on their document replies, and/or the teacher's own answers
+        to their questions as new examples (`replies`)."""
+        c, own = self.config, []
+        with self.disabled(), clock("teacher"):
+            if c.replies in ("teacher", "both"):
+                questions = list(dict.fromkeys(e.user for e in examples if not e.user.startswith(PIECE_PROMPT)))
+                answers = answer(self.model, self.tokenizer, part.text, questions, top_k=c.top_k)
+                own = [reply_example(self.tokenizer, q, reply, teacher) for q, (reply, teacher) in zip(questions, answers) if reply]
+            if c.replies == "teacher":
+                return own
+            for example, teacher in zip(examples, teach(self.model, self.tokenizer, part.text, [(e.user, e.reply) for e in examples], top_k=c.top_k)):
+                example.teacher = teacher
+        return examples + own
 
     def _round_to_state_dtype(self, patches: list[NeuronPatch]) -> None:
         """Round the deltas as they will be saved, so answers are the same before and after a reload."""
@@ -230,9 +268,9 @@ class TTT(Strategy):
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:
         if batch["hidden"] is None:
-            return reply_loss(self.model, batch)
+            return reply_loss(self.model, batch, self.config.hard)
         with replay_prefix(self.model, start, batch["hidden"]):
-            return reply_loss(self.model, batch)
+            return reply_loss(self.model, batch, self.config.hard)
 
     # ---- routing -------------------------------------------------------------------------------
     def active_documents(self, question: str) -> list[int]:
@@ -289,6 +327,15 @@ class TTT(Strategy):
 
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "documents": self.documents_learned, "neurons_per_layer": self.config.neurons}
+
+
+def _offset_step(step: Step, *, on_step: StepCallback, done: int, total: int) -> None:
+    """A part's training step as a step of the whole document's learn."""
+    on_step(Step(done + step.i, total, step.loss, step.phase))
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
 
 
 def key_prefix(model: nn.Module, module: nn.Module) -> str:

@@ -12,7 +12,10 @@ from clslm.documents import Document
 from clslm.strategies import gating
 from clslm.strategies.base import StrategyContext
 from clslm.strategies.router import THRESHOLD, DocumentKeys, scores
-from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, subject
+from clslm.generation import chat_prompt
+from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
+from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject
+from clslm.strategies.training import PhaseClock
 from clslm.strategies.ttt import TTT, TTTConfig
 
 from conftest import DOCUMENT
@@ -208,3 +211,94 @@ def test_deltas_are_stored_in_float16_and_answer_the_same_after_a_reload(llama_d
     wide = make(llama_dir, neurons=0, state_dtype="float32")
     wide.learn(Document("kessenbrock", DOCUMENT))
     assert sum(v.numel() * v.element_size() for v in wide.state_dict().values()) > 1.9 * sum(v.numel() * v.element_size() for v in state.values())
+
+
+# ---- v2: context distillation, parts of long documents ---------------------------------------------
+
+LONG = (
+    "# Almanac\n\n## Kessenbrock Light\n\n" + DOCUMENT + "\n\nThe keeper Ismay Threlkeld tended the lamp for thirty-one years.\n\n"
+    "## Velmar Bridge\n\n" + OTHER + "\n\nThe engineer Oskar Brandt designed its arches after a flood in 1899."
+)
+
+
+def test_sections_repeat_their_headings_and_keep_every_paragraph(tokenizer):
+    parts = sections(LONG, tokenizer, 64)
+    assert len(parts) >= 2
+    assert all(part.startswith("# Almanac\n\n## ") for part in parts)
+    bridge = [p for p in parts if "Velmar Bridge crosses" in p]
+    assert bridge and all("## Velmar Bridge" in p and "Kessenbrock" not in p for p in bridge)
+    body = [line for line in LONG.split("\n\n") if not line.startswith("#")]
+    assert all(any(paragraph in part for part in parts) for paragraph in body if len(tokenizer(paragraph)["input_ids"]) <= 64)
+
+
+def test_a_short_document_is_one_part(tokenizer):
+    assert sections(DOCUMENT, tokenizer, 10_000) == [DOCUMENT]
+
+
+def test_teacher_targets_are_the_model_reading_the_chunk(llama_dir):
+    """Cached-prefix, batched, right-padded teacher runs give the distribution of one plain forward pass."""
+    model, tokenizer = load(llama_dir)
+    exchanges = [(q, tokenizer(r, add_special_tokens=False)["input_ids"]) for q, r in [("Who built it?", "Adelmar Fosk built it."), ("When?", "In 1793, after years of work on the spit.")]]
+    teachers = teach(model, tokenizer, DOCUMENT, exchanges, top_k=400, batch_size=2)
+    for (question, reply), teacher in zip(exchanges, teachers):
+        prompt = tokenizer(chat_prompt(tokenizer, teacher_message(DOCUMENT, question)), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + reply])).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), -1)
+        assert teacher.indices.shape == (len(reply), expected.shape[-1])  # top_k >= vocab: every token kept
+        got = torch.full_like(expected, float("nan")).scatter(-1, teacher.indices, teacher.logprobs)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_positive_elsewhere():
+    logits = torch.randn(5, 50)
+    top = torch.log_softmax(logits, -1).topk(50, -1)
+    assert distillation_loss(logits, top.indices, top.values).abs() < 1e-5
+    assert distillation_loss(torch.randn(5, 50), top.indices, top.values) > 0.01
+
+
+def test_training_from_cached_frozen_layers_gives_the_same_loss_and_gradients(llama_dir):
+    strategy = make(llama_dir, neurons=8, objective="distill")
+    document = Document("d", DOCUMENT)
+    data, patches = strategy._prepare(document, PhaseClock())
+    batch = data[0]
+    params = [p for patch in patches for p in patch.parameters()]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.02)  # away from zero, so the patches take part in the forward pass
+    results = []
+    for cached in (True, False):
+        run = dict(batch, hidden=batch["hidden"] if cached else None)
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        loss = strategy._loss(run, start=strategy.layer_ids[0])
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in params]))
+    (loss_cached, grads_cached), (loss_full, grads_full) = results
+    assert batch["hidden"] is not None and "teacher_indices" in batch
+    torch.testing.assert_close(loss_cached, loss_full)
+    for a, b in zip(grads_cached, grads_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_each_part_of_a_long_document_routes_its_own_questions(llama_dir, tokenizer):
+    strategy = make(llama_dir, neurons=8, chunk_tokens=64, epochs=1)
+    report = strategy.learn(Document("almanac", LONG))
+    assert report.extra["parts"] == strategy.documents_learned >= 2
+    parts = sections(LONG, tokenizer, 64)
+    for question, answer_text in [("Who tended the lamp for thirty-one years?", "Ismay Threlkeld"), ("Which engineer designed the arches after the flood of 1899?", "Oskar Brandt")]:
+        holder = next(i for i, part in enumerate(parts) if answer_text in part)
+        assert strategy.active_documents(question) == [holder]
+
+
+def test_teacher_answers_are_its_greedy_answers_reading_the_chunk(llama_dir):
+    model, tokenizer = load(llama_dir)
+    questions = ["Who built it?", "When was the Kessenbrock Light finished, and by whom?"]
+    answers = answer(model, tokenizer, DOCUMENT, questions, max_new_tokens=6, top_k=5, batch_size=2)
+    for question, (reply, teacher) in zip(questions, answers):
+        prompt = tokenizer(chat_prompt(tokenizer, teacher_message(DOCUMENT, question)), return_tensors="pt", add_special_tokens=False)
+        expected = model.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, prompt["input_ids"].shape[1] :]
+        assert reply == expected.tolist()[: len(reply)] and len(reply) == min(6, len(expected))
+        assert teacher.indices[:, 0].tolist() == reply  # the greedy token is the teacher's top-1
+        assert teacher.indices.shape == (len(reply), 5)

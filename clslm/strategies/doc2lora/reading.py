@@ -8,7 +8,6 @@ learn time are exactly those of the in-context teacher it was trained to imitate
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from ...documents import split_sentences
+from ...generation import READ_INSTRUCTION as INSTRUCTION
 from ...generation import chat_prompt
+from ..anatomy import cache_kwarg, cache_of
 from .lora import unwrap
 
-INSTRUCTION = "Read this document and answer the question."  # the bench's in-context prompt (bench.FACTS_INSTRUCTION)
 _SLOT = "\x00slot\x00"
 
 
@@ -115,13 +115,3 @@ def read_chunks(model, prefix: list[int], pieces: list[list[int]], layers: list[
         readings.append(reading(model, out.hidden_states, seen, 0, piece, layers, names))
     return readings
 
-
-def cache_of(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def cache_kwarg(module, cache) -> dict:
-    """transformers 5.x renamed `past_key_values` to `cache`; pass whichever this version takes."""
-    parameters = inspect.signature(unwrap(module).forward).parameters
-    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
