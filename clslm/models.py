@@ -46,6 +46,19 @@ def resolve_model(ref: str) -> ModelSource:
     return ModelSource(ref, "hub", ref, _hub_fingerprint(ref))
 
 
+def resolve_recorded(ref: str, kind: str) -> ModelSource:
+    """The model a session recorded: a local one ('dir', 'gguf') is only looked for where it was, never on
+    the hub under the same name. ModelError when it is gone or now something else."""
+    if kind not in ("dir", "gguf", "hub"):
+        raise ModelError(f"model {ref!r}: unknown kind {kind!r}")
+    if kind != "hub" and ref not in EMBEDDED and not Path(ref).expanduser().exists():
+        raise ModelError(f"model {ref!r}: no such file or directory")
+    source = resolve_model(ref)
+    if source.kind != kind:
+        raise ModelError(f"model {ref!r}: is a {source.kind} model now, not a {kind} one")
+    return source
+
+
 def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto"):
     """Load (model, tokenizer) frozen and in eval mode; GGUF goes through a safetensors cache."""
     import torch
@@ -58,7 +71,9 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
-    except OSError as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        # A directory with a config.json but no tokenizer or weights, an unknown model_type, a damaged
+        # config: transformers raises ValueError or KeyError with several lines; clslm says one.
         raise _load_error(source, e) from None
     model.to(torch_device).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:

@@ -7,7 +7,6 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 from . import __version__, registry
 from .atomic import crash_point, is_temp, write_atomic, write_json_atomic
 from .documents import Document
-from .errors import ClslmError, InputError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
+from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
-from .manifest import FORMAT_VERSION, config_problem, read_committed, read_manifest, upgrade
+from .manifest import FORMAT_VERSION, checked_config, config_problem, read_committed, read_manifest, strict_numbers, upgrade
 from .state_files import load_extra, load_extra_into, load_into, load_tensors
-from .models import DEFAULT_MODEL, ModelSource, file_sha256, load_model, resolve_model
+from .models import DEFAULT_MODEL, ModelSource, load_model, resolve_model, resolve_recorded
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
 
 MANIFEST = "session.json"
@@ -53,7 +52,7 @@ class Session:
         path = _check_path(path)
         if (path / MANIFEST).exists():
             raise SessionMismatch(f"{path}: a session already exists here")
-        config = _checked(parse_options(registry.get(strategy).Config, options or {}))
+        config = checked_config(parse_options(registry.get(strategy).Config, options or {}))
         source = resolve_model(model)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -109,7 +108,7 @@ class Session:
             return False
 
     def set_options(self, options: dict[str, str]) -> None:
-        config = _checked(parse_options(self._strategy_class().Config, options, base=self._saved_config()))
+        config = checked_config(parse_options(self._strategy_class().Config, options, base=self._saved_config()))
         self.manifest["strategy"]["config"] = asdict(config)
         self._strategy = None
 
@@ -219,13 +218,21 @@ class Session:
             cls, config = self._strategy_class(), self._saved_config()
             source = self._model_source()
             model, tokenizer = load_model(source, device=self.device, dtype=self.dtype)
-            strategy = cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+            try:
+                strategy = cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+            except InputError as e:  # from this command's -o options: bad input; from the manifest alone: corrupt
+                if self._new or self._request["options"]:
+                    raise
+                raise SessionCorrupt(f"{self.path / MANIFEST}: strategy config does not fit {self.strategy_name!r} on this model ({e})") from None
             self._load_state(strategy)
             self._strategy = strategy
         return self._strategy
 
     def _model_source(self) -> ModelSource:
-        source = resolve_model(self.model_ref)
+        try:
+            source = resolve_recorded(self.model_ref, self.manifest["model"]["kind"])
+        except ModelError as e:  # the session's model is gone: a session error, as a changed one is
+            raise SessionMismatch(f"{self.path}: the session's {e}") from None
         if source.fingerprint != self.manifest["model"]["fingerprint"]:
             raise SessionMismatch(f"{self.path}: model {self.model_ref!r} is not the one this session was made with (fingerprint changed)")
         return source
@@ -244,7 +251,7 @@ class Session:
                 if on_document:
                     on_document(doc)
                 reports.append(strategy.learn(doc, step))
-            learned = [_finite(asdict(r)) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
+            learned = [strict_numbers(asdict(r)) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
             self.manifest["documents"] = self.documents + learned
             self.save()
         except BaseException:
@@ -329,6 +336,8 @@ class Session:
         path = self.path / entry["file"]
         if Path(entry["file"]).name != entry["file"] or not path.is_file():
             raise SessionCorrupt(f"{path}: state file missing")
+        if path.stat().st_size != entry["bytes"]:  # before reading it: a state file is never read past its size
+            raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
         data = path.read_bytes()
         if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
@@ -367,25 +376,6 @@ def _check_path(path: str | Path) -> Path:
     if "\x00" in text:
         raise InputError("session path contains a NUL byte")
     return Path(text)
-
-
-def _checked(config):
-    """A config from -o options: its float options must be finite (the manifest is strict JSON)."""
-    problem = config_problem(type(config), asdict(config))
-    if problem:
-        raise InputError(f"option {problem}")
-    return config
-
-
-def _finite(value: Any) -> Any:
-    """A learn report with each non-finite number (a loss, an extra) as null: the manifest is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _check_finite(tensors: dict[str, Any]) -> None:
