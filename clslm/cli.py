@@ -46,7 +46,13 @@ OptionsOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metav
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", envvar="CLSLM_DEVICE", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", envvar="CLSLM_DTYPE", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")]
-WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for a busy session (default: fail at once).")]
+def _check_wait(value: float) -> float:
+    if not value >= 0:  # a negative number waited forever, NaN was an internal error
+        raise typer.BadParameter(f"{value}: must be a number of seconds >= 0 (inf: as long as it takes)")
+    return value
+
+
+WaitOpt = Annotated[float, typer.Option("--wait", callback=_check_wait, help="Seconds to wait for a busy session (default: fail at once; inf: as long as it takes).")]
 
 
 def parse_kv(items: list[str] | None) -> dict[str, str]:
@@ -86,8 +92,8 @@ def learn(
     option: OptionsOpt = None,
     text_field: Annotated[str, typer.Option(help="Field holding the text in .jsonl files.")] = "text",
     password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
-    max_bytes: Annotated[int, typer.Option(help="Refuse files larger than this.")] = 50_000_000,
-    max_tokens: Annotated[int, typer.Option(help="Refuse documents longer than this many model tokens.")] = 200_000,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Refuse files larger than this.")] = 50_000_000,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Refuse documents longer than this many model tokens.")] = 200_000,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     wait: WaitOpt = 0,
@@ -105,6 +111,8 @@ def learn(
         with learn_progress(err, quiet=False) as (on_step, on_document):
             reports = s.learn(documents, on_step=on_step, on_document=on_document)
         result = {"session": str(s.path), "strategy": s.strategy_name, "documents": [asdict(r) for r in reports], "state_bytes": s.state_bytes()}
+    for r in reports:
+        _warn_if_nothing_learned(r)
     if as_json:
         emit_json(result)
         return
@@ -112,6 +120,14 @@ def learn(
         losses = f"loss {r.loss_before:.3f} → {r.loss_after:.3f}, " if r.loss_before is not None else ""
         out.print(f"learned [bold]{r.name}[/bold]: {r.tokens} tokens, {losses}{r.seconds:.1f} s")
     out.print(f"session {result['session']} ({result['strategy']}): state {result['state_bytes'] / 1e6:.2f} MB")
+
+
+def _warn_if_nothing_learned(report) -> None:
+    """A learn whose LLM replies were all unusable (ace: garbage from the server) still succeeds, as it
+    learned what it could and the session is consistent; it says so on stderr instead of in silence."""
+    extra = report.extra or {}
+    if extra.get("invalid_replies") and not any(extra.get(k) for k in ("added", "updated")):
+        err.print(f"warning: {report.name}: nothing learned; {extra['invalid_replies']} LLM replies were not usable (check -o llm_url / llm_model)", markup=False, highlight=False, soft_wrap=True)
 
 
 def _check_tokens(s, documents, max_tokens: int) -> None:
@@ -204,14 +220,26 @@ def reset(
     from .session import Session
 
     with Session.open(session, wait=wait) as s:
-        if not yes and not typer.confirm(f"Forget the {len(s.documents)} document(s) learned in {s.path}?"):
-            raise typer.Exit(1)
         count = len(s.documents)
-        s.reset()
+        declined = not yes and not _confirm(f"Forget the {count} document(s) learned in {s.path}? [y/N]: ")
+        if not declined:
+            s.reset()
     if as_json:
-        emit_json({"session": str(session), "forgotten_documents": count})
+        emit_json({"session": str(session), "forgotten_documents": 0, "declined": True} if declined else {"session": str(session), "forgotten_documents": count})
+    elif declined:
+        out.print(f"reset {session}: declined, nothing forgotten")
     else:
         out.print(f"reset {session}: forgot {count} document(s)")
+
+
+def _confirm(prompt: str) -> bool:
+    """Ask on stderr (stdout carries only the result, one JSON object with --json); no answer or end of input
+    is no. Declining is not an error: exit 0, the session unchanged."""
+    err.print(prompt, end="", markup=False, highlight=False)
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer.endswith("\n"):
+        err.print()
+    return answer.strip().lower() in ("y", "yes")
 
 
 @app.command()

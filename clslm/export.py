@@ -107,24 +107,59 @@ def learns_in_weights(strategy: Strategy) -> bool:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """OUT must be new or empty; --force replaces only a previous clslm export, never anything else."""
+    """OUT must be new or empty, in a directory this process can write; --force replaces only a previous
+    clslm export holding nothing but the files it wrote, never anything else (checked before the long work)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
+    _check_writable_parent(out)
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise InputError(f"{out}: exists and is not empty (pass --force to replace a previous export)")
         if not (out / MARKER).is_file():
             raise InputError(f"{out}: not empty and not a clslm export (no {MARKER}); --force replaces only a previous export, so nothing was deleted")
+        added = sorted(set(_files(out)) - set(_exported_files(out)))
+        if added:
+            shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+            raise InputError(f"{out}: holds files the previous export did not write ({shown}); --force would delete them, so nothing was deleted")
+
+
+def _check_writable_parent(out: Path) -> None:
+    """The nearest existing ancestor of OUT's parent must be a directory this process may write in."""
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():  # a dangling link: mkdir fails on it
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{out}: cannot be made: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot be made: {parent} is not writable")
+
+
+def _files(directory: Path) -> list[str]:
+    return [str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()]
+
+
+def _exported_files(out: Path) -> list[str]:
+    """The files a previous export listed in its marker (none when the marker does not read)."""
+    try:
+        files = json.loads((out / MARKER).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
 
 
 @contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A fresh directory beside OUT that replaces OUT when the block succeeds (and is removed if not)."""
     out = Path(os.path.abspath(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:  # what check_out could not foresee: a read-only file system, a race
+        raise InputError(f"{out}: cannot write here ({e.strerror or e})") from None
     try:
         yield tmp
         _readable(tmp)

@@ -33,6 +33,9 @@ def run_repl(session, *, first_document: str | None, console: Console, errors: C
 def _handle(session, line: str, console: Console, errors: Console, max_new_tokens: int) -> None:
     command, _, argument = line.partition(" ")
     if command == ":learn":
+        if not argument.strip():  # read_documents("") is the current directory: never learn that unasked
+            errors.print("usage: :learn PATH (a document file or a directory of them)")
+            return
         _learn(session, argument.strip(), console, errors)
     elif command == ":reset":
         session.reset()

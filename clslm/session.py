@@ -132,19 +132,21 @@ class Session:
     def __enter__(self) -> "Session":
         from filelock import FileLock, Timeout
 
+        if not self.wait >= 0:  # NaN or negative (filelock waits forever on a negative timeout)
+            raise InputError(f"wait {self.wait}: must be a number of seconds >= 0")
         self._made_dir = not self.path.exists()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.path / LOCK), timeout=self.wait)
-            self._lock.acquire()
-        except Timeout:
-            raise SessionBusy(f"{self.path}: session busy (another clslm process holds it; retry, or pass --wait SECONDS)") from None
-        except OSError as e:  # a file in the way, a read-only or vanished directory
-            self._lock = None
-            raise SessionError(f"{self.path}: cannot use this as a session directory ({e.strerror or e})") from None
-        try:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(str(self.path / LOCK), timeout=self.wait)
+                lock.acquire()
+                self._lock = lock
+            except Timeout:
+                raise SessionBusy(f"{self.path}: session busy (another clslm process holds it; retry, or pass --wait SECONDS)") from None
+            except OSError as e:  # a file in the way, a read-only or vanished directory
+                raise SessionError(f"{self.path}: cannot use this as a session directory ({e.strerror or e})") from None
             self._reread()
-        except BaseException:
+        except BaseException:  # Ctrl-C while waiting included: leave no directory this call made
             self.__exit__(None, None, None)
             raise
         return self
@@ -168,6 +170,7 @@ class Session:
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
             self._lock.release()
+            self._lock = None
         if self._made_dir and not (self.path / MANIFEST).exists():  # nothing was saved: leave no trace
             (self.path / LOCK).unlink(missing_ok=True)
             try:
