@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -134,13 +135,21 @@ class Session:
 
         if not self.wait >= 0:  # NaN or negative (filelock waits forever on a negative timeout)
             raise InputError(f"wait {self.wait}: must be a number of seconds >= 0")
-        self._made_dir = not self.path.exists()
+        self._made_dir, deadline = False, time.monotonic() + self.wait
         try:
             try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                lock = FileLock(str(self.path / LOCK), timeout=self.wait)
-                lock.acquire()
-                self._lock = lock
+                for _ in range(10):
+                    self._made_dir |= not self.path.exists()
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    lock = FileLock(str(self.path / LOCK), timeout=max(0.0, deadline - time.monotonic()))
+                    try:
+                        lock.acquire()
+                    except FileNotFoundError:  # a first learn that failed removed the directory we waited in
+                        continue
+                    self._lock = lock
+                    break
+                else:
+                    raise SessionBusy(f"{self.path}: the session directory keeps disappearing")
             except Timeout:
                 raise SessionBusy(f"{self.path}: session busy (another clslm process holds it; retry, or pass --wait SECONDS)") from None
             except OSError as e:  # a file in the way, a read-only or vanished directory

@@ -166,3 +166,41 @@ def test_a_session_removed_while_waiting_is_not_found(tmp_path, llama_dir, home,
     with pytest.raises(SessionNotFound, match="no session here"), stale:
         pass
     assert not (path / MANIFEST).exists()
+
+
+def test_info_reads_again_when_a_learn_commits_meanwhile(tmp_path, llama_dir, home, docs):
+    """`info` takes no lock: when the state files its manifest names were pruned by a learn that committed
+    meanwhile, it retries on the manifest as it is now (it said "state file missing")."""
+    path = learned_session(tmp_path / "s", llama_dir, home, docs["a"])
+    stale = Session.open(path)
+    with Session.open(path, device="cpu") as s:
+        s.learn(read_documents(docs["b"]))
+    assert sorted(Path(d["name"]).name for d in stale.info()["documents"]) == ["a.txt", "b.txt"]
+
+
+def test_a_waiter_whose_directory_was_removed_by_a_failed_first_learn_makes_it_again(tmp_path, llama_dir, docs):
+    """A first learn that fails removes the directory it made (and its .lock); one waiting on that lock
+    then takes a fresh one in a directory it makes again, instead of failing "cannot use this directory"."""
+    import threading
+
+    path = tmp_path / "s"
+    first = Session.open_or_create(path, model=str(llama_dir), strategy="jitrl-mvp", device="cpu")
+    second = Session.open_or_create(path, model=str(llama_dir), strategy="jitrl-mvp", device="cpu", wait=60)
+    outcome = {}
+
+    def wait_then_learn():
+        try:
+            with second:
+                second.learn(read_documents(docs["b"]))
+            outcome["ok"] = True
+        except Exception as e:  # noqa: BLE001  (reported below)
+            outcome["error"] = e
+
+    with first:  # holds the lock, learns nothing, and leaves no directory on the way out
+        waiter = threading.Thread(target=wait_then_learn)
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()
+    waiter.join(60)
+    assert outcome == {"ok": True}, outcome
+    assert learned(path) == ["b.txt"]
