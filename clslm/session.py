@@ -181,11 +181,9 @@ class Session:
             self._lock.release()
             self._lock = None
         if self._made_dir and not (self.path / MANIFEST).exists():  # nothing was saved: leave no trace
-            (self.path / LOCK).unlink(missing_ok=True)
-            try:
+            with contextlib.suppress(OSError):  # nothing to remove when the directory could not be made
+                (self.path / LOCK).unlink(missing_ok=True)
                 self.path.rmdir()
-            except OSError:
-                pass
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
