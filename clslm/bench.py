@@ -172,7 +172,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 # ---- running -----------------------------------------------------------------------------------------
 def run_reference(facts: list[FactsDoc], general: list[GeneralQuestion], settings: BenchSettings, progress: Progress = no_progress) -> Reference:
     """Base and in-context answers to every facts question, and the general set, on the bare model."""
-    from .generation import count_tokens, generate
+    from .generation import SharedPrefix, chat_prompt, count_tokens, generate, user_message
     from .likelihood import answer_nll
     from .models import load_model, resolve_model
 
@@ -180,9 +180,11 @@ def run_reference(facts: list[FactsDoc], general: list[GeneralQuestion], setting
     pairs = [(doc, qa) for doc in facts for qa in doc.qa]
     budget = settings.max_new_tokens
 
+    readers = {doc.id: SharedPrefix(model, tokenizer, [chat_prompt(tokenizer, user_message(f"Question: {qa.question}", _reading(doc))) for qa in doc.qa]) for doc in facts}
+
     def in_context(pair):
         doc, qa = pair
-        return generate(model, tokenizer, f"Question: {qa.question}", context=f"{FACTS_INSTRUCTION}\n\n{doc.document}", max_new_tokens=budget, deltas=False)
+        return generate(model, tokenizer, f"Question: {qa.question}", context=_reading(doc), max_new_tokens=budget, deltas=False, shared=readers[doc.id])
 
     base, _ = _answer_each(lambda p: generate(model, tokenizer, p[1].question, max_new_tokens=budget, deltas=False), pairs, "base", progress)
     read, _ = _answer_each(in_context, pairs, "in context", progress)
@@ -190,6 +192,11 @@ def run_reference(facts: list[FactsDoc], general: list[GeneralQuestion], setting
     before, _ = _answer_each(lambda g: generate(model, tokenizer, g.question, max_new_tokens=general_budget, deltas=False), general, "general before", progress)
     nll = [answer_nll(model, tokenizer, g.question, g.answers[0]) for g in general]
     return Reference(base, read, before, nll, [count_tokens(tokenizer, doc.document) for doc in facts])
+
+
+def _reading(doc: FactsDoc) -> str:
+    """What the reader sees above the question in the in-context setting."""
+    return f"{FACTS_INSTRUCTION}\n\n{doc.document}"
 
 
 def run_bench(

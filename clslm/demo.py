@@ -1,7 +1,8 @@
-"""`make demo`: learn the bundled sample document with ttt, then ask two questions, base vs learned.
+"""`make demo`: learn the bundled two-page PDF report with ttt, then ask its questions, base vs learned.
 
 Each step is a separate `clslm` process, as a user would run it: the answers come from the saved
-session, with only the question in the prompt.
+session, with only the question in the prompt. The report (data/sample-report.pdf, about 1,500 tokens)
+is made from data/sample-report.md by data/make_sample_pdf.py.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from importlib.resources import as_file, files
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from .scoring import contains_answer
+
 SESSION = Path("sessions") / "demo"
-QUESTIONS = ("Who founded the Varrow Observatory?", "How wide is the mirror of the Varrow Observatory's telescope?")
 
 
 def clslm(*args: str) -> dict:
@@ -28,18 +31,25 @@ def clslm(*args: str) -> dict:
 
 def main() -> None:
     console = Console()
-    with as_file(files("clslm").joinpath("data/sample.md")) as sample:
+    questions = json.loads(files("clslm").joinpath("data/sample-report-questions.json").read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    with as_file(files("clslm").joinpath("data/sample-report.pdf")) as sample:
         console.print(f"[bold]1. clslm learn {sample.name} --strategy ttt[/bold] (session {SESSION})")
         clslm("reset", "--yes", "-s", str(SESSION)) if (SESSION / "session.json").exists() else None
         learned = clslm("learn", str(sample), "--strategy", "ttt", "-s", str(SESSION))
     doc = learned["documents"][0]
-    console.print(f"   {doc['tokens']} tokens, loss {doc['loss_before']:.2f} → {doc['loss_after']:.2f}, {doc['seconds']:.0f} s, state {learned['state_bytes'] / 1e6:.1f} MB")
+    console.print(f"   {doc['tokens']} tokens in {doc['extra'].get('parts', 1)} parts, loss {doc['loss_before']:.2f} → {doc['loss_after']:.2f}, {doc['seconds']:.0f} s, state {learned['state_bytes'] / 1e6:.1f} MB")
     console.print("[bold]2. clslm ask QUESTION --compare-base[/bold] (a fresh process each; only the question is in the prompt)")
     table = Table("question", "base model", "after learning", "prompt tokens", show_lines=True)
-    for question in QUESTIONS:
-        answer = clslm("ask", question, "--compare-base", "-s", str(SESSION))
-        table.add_row(question, answer["base_answer"], answer["answer"], str(answer["prompt_tokens"]))
+    right = {"base": 0, "learned": 0}
+    for qa in questions:
+        answer = clslm("ask", qa["question"], "--compare-base", "-s", str(SESSION))
+        right["base"] += contains_answer(answer["base_answer"], qa["answers"])
+        right["learned"] += contains_answer(answer["answer"], qa["answers"])
+        table.add_row(qa["question"], answer["base_answer"], answer["answer"], str(answer["prompt_tokens"]))
     console.print(table)
+    n = len(questions)
+    console.print(f"right: base model {right['base']}/{n}, after learning {right['learned']}/{n}; whole demo {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def generate(
     max_new_tokens: int = 64,
     logits_processors=(),
     deltas: bool = True,
+    shared: "SharedPrefix | None" = None,
 ) -> Answer:
-    """Greedy-decode an answer to `question` (with `context` above it, if any)."""
+    """Greedy-decode an answer to `question` (with `context` above it, if any), continuing from `shared`'s
+    KV cache when the prompt starts with its tokens."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -71,6 +73,7 @@ def generate(
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList(list(logits_processors)),
+            **(shared.cache_for(inputs["input_ids"][0].tolist()) if shared is not None else {}),
         )
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     return Answer(
@@ -81,3 +84,30 @@ def generate(
         seconds=round(time.perf_counter() - start, 3),
         deltas=deltas,
     )
+
+
+class SharedPrefix:
+    """The KV cache of the first tokens many prompts share (one document read for many questions), so each
+    answer runs only its own tokens; the same greedy answers as without it."""
+
+    def __init__(self, model, tokenizer, prompts: list[str]):
+        import torch
+
+        from .strategies.anatomy import cache_of
+
+        self.model = model
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        n = min(map(len, ids)) - 1
+        self.ids = next((ids[0][:i] for i in range(n) if any(x[i] != ids[0][i] for x in ids)), ids[0][:n])
+        with torch.no_grad():
+            self.cache = cache_of(model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True, logits_to_keep=1)) if self.ids else None
+
+    def cache_for(self, prompt_ids: list[int]) -> dict:
+        """generate()'s keyword for a prompt: a copy of the shared tokens' cache (generate grows it), or nothing."""
+        import copy
+
+        from .strategies.anatomy import cache_kwarg
+
+        if self.cache is None or prompt_ids[: len(self.ids)] != self.ids:
+            return {}
+        return cache_kwarg(self.model, copy.deepcopy(self.cache))

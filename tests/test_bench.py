@@ -374,3 +374,20 @@ def test_cli_compare_runs_variants_of_one_strategy_side_by_side(llama_dir, facts
 
     code, _, err = run(capfd, "compare", facts_file, "--strategies", "ttt[nope=1]", *tiny_args(llama_dir))
     assert code == 3 and "nope" in err
+
+
+def test_a_document_read_once_for_many_questions_answers_as_read_each_time(llama_dir):
+    """The in-context reference keeps the document's KV cache across its questions: same greedy answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clslm.generation import SharedPrefix, chat_prompt, generate, user_message
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(llama_dir).eval(), AutoTokenizer.from_pretrained(llama_dir)
+    context = f"Read this.\n\n{DOCUMENT}"
+    questions = ["Question: Who built it?", "Question: How tall is the tower of the Kessenbrock Light?", "Question: When?"]
+    shared = SharedPrefix(model, tokenizer, [chat_prompt(tokenizer, user_message(q, context)) for q in questions])
+    assert len(shared.ids) > 20
+    for question in questions * 2:  # the second round reuses the cache the first round grew
+        cached = generate(model, tokenizer, question, context=context, max_new_tokens=8, shared=shared)
+        plain = generate(model, tokenizer, question, context=context, max_new_tokens=8)
+        assert cached.text == plain.text and cached.prompt_tokens == plain.prompt_tokens

@@ -84,7 +84,7 @@ def test_learning_again_adds_to_the_session(learned_session):
         s.learn([Document(name="bridge", text=OTHER)])
     assert [d["name"] for d in manifest(learned_session)["documents"]] == ["kessenbrock", "bridge"]
     with Session.open(learned_session, device="cpu") as s:
-        assert s.strategy().describe()["documents"] == 2
+        assert s.strategy().describe()["parts"] == 2  # one routed part per short document
 
 
 def test_open_missing_session(tmp_path):
@@ -160,7 +160,7 @@ def test_a_crash_before_the_manifest_leaves_the_old_session(learned_session, mon
     # The old state file is still there and verifies; the session still loads.
     load_state(learned_session)
     with Session.open(learned_session, device="cpu") as s:
-        assert s.strategy().describe()["documents"] == 1
+        assert s.strategy().describe()["parts"] == 1
 
 
 # ---- locking ------------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_reset_keeps_settings_and_forgets_documents(learned_session, llama_dir):
     base, tokenizer = load_model(resolve_model(str(llama_dir)), device="cpu")
     ids = tokenizer(DOCUMENT, return_tensors="pt")["input_ids"]
     with Session.open(learned_session, device="cpu") as s, torch.no_grad():
-        assert s.strategy().describe()["documents"] == 0
+        assert s.strategy().describe()["parts"] == 0
         assert torch.equal(s.strategy().model(input_ids=ids).logits, base(input_ids=ids).logits)
 
 

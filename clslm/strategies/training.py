@@ -28,12 +28,14 @@ def descend(
     max_grad_norm: float,
     seed: int,
     on_step: StepCallback,
+    clock: "PhaseClock | None" = None,
 ) -> tuple[int, int]:
     """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns (steps, skipped).
 
     Gradients are clipped to `max_grad_norm`; a non-finite loss is skipped, MAX_BAD_STEPS of them in a
     row abort (TrainingDiverged) so the caller saves nothing.
     """
+    timed = clock or PhaseClock()
     rng = random.Random(seed)
     for p in params:
         p.requires_grad_(True)
@@ -43,7 +45,8 @@ def descend(
         for _ in range(epochs):
             for batch in rng.sample(data, len(data)):
                 step += 1
-                loss = loss_fn(batch)
+                with timed("forward"):
+                    loss = loss_fn(batch)
                 optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
                     bad += 1
@@ -52,9 +55,11 @@ def descend(
                         raise TrainingDiverged(f"{name}: {bad} non-finite losses in a row; lower -o lr (now {lr})")
                     continue
                 bad = 0
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+                with timed("backward"):
+                    loss.backward()
+                with timed("optimizer"):
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    optimizer.step()
                 on_step(Step(step, total, loss.item()))
     finally:
         for p in params:

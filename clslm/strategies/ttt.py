@@ -13,6 +13,7 @@ are saved: state grows with what was learned, never with the model.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +44,9 @@ class TTTConfig(StrategyConfig):
 
     lr: float = 2e-3  # AdamW learning rate on the neuron copies
     epochs: int = 6  # passes over the training text
-    layers: float = 0.25  # fraction of decoder layers (the last ones) that get a Dual-MLP
-    neurons: int = 320  # neurons per layer a document may change (TF-IDF gating); 0 = all
+    layers: float = 0.125  # fraction of decoder layers (the last ones) that get a Dual-MLP
+    neurons: int = 0  # neurons per layer a part may change (TF-IDF gating): at most this many (0 = no cap: all, or neurons_per_token's count)
+    neurons_per_token: float = 0.7  # a part may change this many neurons per layer per token it holds (at least 64; 0 = `neurons` exactly)
     fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
     alpha: float = 1.0  # blend of the first document's trainable copy
     alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
@@ -57,27 +59,28 @@ class TTTConfig(StrategyConfig):
     route_threshold: float = ROUTE_THRESHOLD  # a document's copy acts only on questions whose router match (router.py) reaches this (0: always)
     route_top: int = 1  # at most this many best-matching documents act at once
     state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
-    objective: Literal["distill", "next-token"] = "distill"  # match the model reading the chunk, or predict the reply text
+    objective: Literal["next-token", "distill"] = "next-token"  # predict the reply text, or also match the model reading the part (context distillation)
     hard: float = 0.5  # with distill: weight of the reply's next-token loss added to the KL
     top_k: int = 32  # with distill: teacher log-probabilities kept per reply token
     replies: Literal["document", "teacher", "both"] = "both"  # with distill: replies are the document's sentences, the teacher's own answers, or both
-    chunk_tokens: int = 384  # the document is learned in parts of about this many tokens, each routed on its own (0: whole)
+    prefix_cache: bool = True  # run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)
+    chunk_tokens: int = 768  # a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole)
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
     PRESETS: ClassVar[dict[str, dict[str, str]]] = {
         # ttt v1 (2026-12-02): next-token loss on the whole document as one routed unit
-        "v1": {"objective": "next-token", "chunk_tokens": "0"},
+        "v1": {"layers": "0.25", "neurons": "320", "neurons_per_token": "0", "chunk_tokens": "0"},
         # the seed project: lr 1e-5, one pass over 33-token windows of raw text, no router
-        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "neurons": "0", "route_threshold": "0"},
+        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0"},
         # the naive recipe of issue 5: every copied neuron, 20 epochs of the document and its sentences, no router
-        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "neurons": "0", "route_threshold": "0"},
+        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0"},
     }
 
     def __post_init__(self):
         self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.epochs >= 1, "epochs must be >= 1")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
-        self.check(self.neurons >= 0, "neurons must be >= 0")
+        self.check(self.neurons >= 0 and self.neurons_per_token >= 0, "neurons and neurons_per_token must be >= 0")
         self.check(0 < self.fire_fraction <= 1, "fire_fraction must be in (0, 1]")
         self.check(0 < self.alpha <= 1 and 0 < self.alpha_decay <= 1, "alpha and alpha_decay must be in (0, 1]")
         self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
@@ -175,14 +178,23 @@ class TTT(Strategy):
         with self.disabled():
             acts = neuron_activations(self.model, self.tokenizer, [document.text], self.layer_ids, chat=False)
         alpha = self.config.alpha * self.config.alpha_decay ** self.documents_learned
-        patches = []
+        patches, count = [], self._neuron_count(document)
         for i, dual in self.dual_mlps().items():
-            index = select_neurons(acts[i], idf[i], self.config.neurons, self.config.fire_fraction)
+            index = select_neurons(acts[i], idf[i], count, self.config.fire_fraction)
             weight = dual.mlp.down_proj.weight
             patch = NeuronPatch(index.to(weight.device), weight.shape[0], alpha, weight.dtype).to(weight.device)
             dual.ttt_patches.append(patch)
             patches.append(patch)
         return patches
+
+    def _neuron_count(self, part: Document) -> int:
+        """Neurons per layer a part may change: fixed, or growing with the part's length."""
+        c = self.config
+        if c.neurons_per_token <= 0:
+            return c.neurons
+        tokens = len(self.tokenizer(part.text, add_special_tokens=False)["input_ids"])
+        count = max(64, round(c.neurons_per_token * tokens))
+        return min(count, c.neurons) if c.neurons else count
 
     # ---- learning ------------------------------------------------------------------------------
     def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
@@ -192,23 +204,27 @@ class TTT(Strategy):
         c = self.config
         parts = sections(document.text, self.tokenizer, c.chunk_tokens) if c.chunk_tokens else [document.text]
         clock = PhaseClock()
-        units = [self._prepare(Document(document.name, part), clock) for part in parts]
-        total = sum(len(data) for data, _ in units) * c.epochs
-        steps, skipped, before, after = 0, 0, [], []
-        for data, patches in units:
-            progress = partial(_offset_step, on_step=on_step, done=steps, total=total)
+        with clock("examples"):
+            texts = [build_examples(Document(document.name, part), self.tokenizer, fmt=c.format, max_tokens=c.max_tokens, questions_per_sentence=c.questions) for part in parts]
+        total = sum(math.ceil(len(examples) / c.batch_size) for examples in texts) * c.epochs
+        steps, skipped, before, after, neurons = 0, 0, [], [], 0
+        for part, examples in zip(parts, texts):  # one part at a time: memory stays that of one part
+            data, patches = self._prepare(Document(document.name, part), examples, clock)
+            neurons += sum(p.index.numel() for p in patches)
+            progress = partial(_offset_step, on_step=on_step, done=steps, total=max(total, steps + len(data) * c.epochs))
             # With routing, a part's copy answers alone, so it is trained with the others switched off.
-            unit = self.documents_learned - len(units) + len(before)
-            alone = {unit} if c.route_threshold > 0 else set(range(self.documents_learned))
-            with self._only(alone), clock("train"):
+            alone = {self.documents_learned - 1} if c.route_threshold > 0 else set(range(self.documents_learned))
+            with self._only(alone):
                 loss_fn = partial(self._loss, start=self.layer_ids[0])
-                before.append(mean_loss(data, loss_fn))
+                with clock("loss before/after"):
+                    before.append(mean_loss(data, loss_fn))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
-                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress,
+                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
-                after.append(mean_loss(data, loss_fn))
+                with clock("loss before/after"):
+                    after.append(mean_loss(data, loss_fn))
             steps, skipped = steps + n, skipped + bad
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
@@ -219,26 +235,23 @@ class TTT(Strategy):
             loss_after=_mean(after),
             seconds=round(time.perf_counter() - start_time, 2),
             extra={
-                "parts": len(units),
-                "neurons": sum(p.index.numel() for _, patches in units for p in patches),
-                "alpha": float(units[0][1][0].alpha),
+                "parts": len(parts),
+                "neurons": neurons,
                 "steps": steps,
                 "skipped_steps": skipped,
                 "phase_seconds": clock.seconds(),
             },
         )
 
-    def _prepare(self, part: Document, clock: PhaseClock) -> tuple[list[dict], list[NeuronPatch]]:
+    def _prepare(self, part: Document, examples: list[Example], clock: PhaseClock) -> tuple[list[dict], list[NeuronPatch]]:
         """A part's training batches (with teacher targets and cached frozen-layer states) and its new patches."""
         c = self.config
-        with clock("examples"):
-            examples = build_examples(part, self.tokenizer, fmt=c.format, max_tokens=c.max_tokens, questions_per_sentence=c.questions)
         if c.objective == "distill" and c.format == "chat":
             examples = self._distilled(part, [e for e in examples if e.user and e.reply], clock)
         data = [{k: v.to(self.model.device) for k, v in b.items()} for b in batches(examples, c.batch_size, self.tokenizer.pad_token_id)]
         with clock("frozen layers"):
             for b in data:
-                b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], b["attention_mask"])
+                b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], b["attention_mask"]) if c.prefix_cache else None
         with clock("gating"):
             patches = self._add_patches(part)
         self.keys.append(DocumentKeys.from_text(part.text))
@@ -326,7 +339,7 @@ class TTT(Strategy):
         super().load_state_dict(tensors)
 
     def describe(self) -> dict:
-        return {"layers": self.layer_ids, "documents": self.documents_learned, "neurons_per_layer": self.config.neurons}
+        return {"layers": self.layer_ids, "parts": self.documents_learned, "neurons": sum(p.index.numel() for d in self.dual_mlps().values() for p in d.ttt_patches)}
 
 
 def _offset_step(step: Step, *, on_step: StepCallback, done: int, total: int) -> None:
