@@ -260,7 +260,7 @@ def test_distillation_loss_is_zero_at_the_teacher_and_positive_elsewhere():
 def test_training_from_cached_frozen_layers_gives_the_same_loss_and_gradients(llama_dir):
     strategy = make(llama_dir, neurons=8, objective="distill")
     document = Document("d", DOCUMENT)
-    data, patches = strategy._prepare(document, PhaseClock())
+    data, patches = strategy._prepare(document, build_examples(document, strategy.tokenizer, max_tokens=32, questions_per_sentence=3), PhaseClock())
     batch = data[0]
     params = [p for patch in patches for p in patch.parameters()]
     with torch.no_grad():
