@@ -1,14 +1,16 @@
 """ttt — TTT-E2E with sparse-memory finetuning.
 
-The last quarter of the decoder layers get a Dual-MLP: the frozen MLP plus, per learned document, a
-trainable copy of a few of its neurons (rows of gate/up, columns of down), blended in by alpha:
+The last decoder layers get a Dual-MLP: the frozen MLP plus, per learned part of a document (its
+markdown sections, cut to at most `chunk_tokens`), a trainable copy of a few of its neurons (rows of
+gate/up, columns of down), blended in by alpha:
 
-    y = mlp(x) + Σ_doc alpha_doc · (mlp'_doc(x) − mlp(x))        restricted to doc's neurons
+    y = mlp(x) + Σ_part alpha_part · (mlp'_part(x) − mlp(x))        restricted to the part's neurons
 
 The copies start equal to the frozen neurons, so the model starts exactly as the base model and
-gradients flow through every copied weight. Which neurons a document may change is chosen by TF-IDF
-gating (gating.py): neurons the document uses much and general text little. Only the copies' deltas
-are saved: state grows with what was learned, never with the model.
+gradients flow through every copied weight. Which neurons a part may change is chosen by TF-IDF
+gating (gating.py): neurons the part uses much and general text little, more for a longer part. The
+router wakes the part a question is about. Only the copies' deltas are saved: state grows with what was
+learned, never with the model.
 """
 
 from __future__ import annotations
