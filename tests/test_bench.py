@@ -387,6 +387,11 @@ def test_a_document_read_once_for_many_questions_answers_as_read_each_time(llama
     questions = ["Question: Who built it?", "Question: How tall is the tower of the Kessenbrock Light?", "Question: When?"]
     shared = SharedPrefix(model, tokenizer, [chat_prompt(tokenizer, user_message(q, context)) for q in questions])
     assert len(shared.ids) > 20
+    fed = []
+    hook = model.model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    generate(model, tokenizer, questions[1], context=context, max_new_tokens=2, shared=shared)
+    hook.remove()
+    assert fed[0] == generate(model, tokenizer, questions[1], context=context, max_new_tokens=1).prompt_tokens - len(shared.ids)  # only the question's own tokens run
     for question in questions * 2:  # the second round reuses the cache the first round grew
         cached = generate(model, tokenizer, question, context=context, max_new_tokens=8, shared=shared)
         plain = generate(model, tokenizer, question, context=context, max_new_tokens=8)
