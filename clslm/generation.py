@@ -97,8 +97,7 @@ class SharedPrefix:
 
         self.model = model
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        n = min(map(len, ids)) - 1
-        self.ids = next((ids[0][:i] for i in range(n) if any(x[i] != ids[0][i] for x in ids)), ids[0][:n])
+        self.ids = common_prefix(ids)
         with torch.no_grad():
             self.cache = cache_of(model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True, logits_to_keep=1)) if self.ids else None
 
@@ -111,3 +110,9 @@ class SharedPrefix:
         if self.cache is None or prompt_ids[: len(self.ids)] != self.ids:
             return {}
         return cache_kwarg(self.model, copy.deepcopy(self.cache))
+
+
+def common_prefix(sequences: list[list[int]]) -> list[int]:
+    """The longest token prefix all sequences share, leaving at least one token of each to run."""
+    first, n = sequences[0], min(map(len, sequences)) - 1
+    return next((first[:i] for i in range(n) if any(s[i] != first[i] for s in sequences)), first[:n])

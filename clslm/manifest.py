@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, SessionCorrupt, SessionError
-from .state_files import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, load_json
+from .state_files import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, is_int, load_json
 
 FORMAT_VERSION = 1
 # Content-named state files (session.py, _write_blob): deltas-/state- and 16 hex digits of the sha256.
@@ -28,7 +28,7 @@ def upgrade(manifest: Any, where: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "format_version" not in manifest:
         raise SessionCorrupt(f"{where}: corrupt manifest (no format_version)")
     version = manifest["format_version"]
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise SessionCorrupt(f"{where}: corrupt manifest (format_version must be a whole number from 1, not {version!r})")
     if version > FORMAT_VERSION:
         raise SessionCorrupt(f"{where}: made by a newer clslm (format {version}); upgrade clslm")
@@ -68,13 +68,13 @@ def _check_blob(kind: str, entry: Any) -> None:
     match = STATE_FILE[kind].fullmatch(name)
     _require(match is not None, f"{what}.file must be a plain file name like {STATE_FILE[kind].pattern.replace(chr(92), '')}, not {name[:80]!r}")
     _require(SHA256.fullmatch(digest) is not None, f"{what}.sha256 must be 64 lowercase hex digits")
-    _require(_is_int(size) and 0 < size <= MAX_STATE_BYTES, f"{what}.bytes must be a whole number from 1 to {MAX_STATE_BYTES}")
+    _require(is_int(size) and 0 < size <= MAX_STATE_BYTES, f"{what}.bytes must be a whole number from 1 to {MAX_STATE_BYTES}")
 
 
 def _check_document(i: int, entry: Any) -> None:
     where = f"documents[{i}]"
     _require(isinstance(entry, dict) and _is_text(entry.get("name")), f"'documents' must be a list of {{name, tokens, seconds, ...}} objects ({where} has no name)")
-    _require(_is_int(entry.get("tokens")) and 0 <= entry["tokens"] <= MAX_COUNT, f"{where}.tokens must be a whole number from 0")
+    _require(is_int(entry.get("tokens")) and 0 <= entry["tokens"] <= MAX_COUNT, f"{where}.tokens must be a whole number from 0")
     _require(_is_number(entry.get("seconds")) and entry["seconds"] >= 0, f"{where}.seconds must be a number from 0")
     for key in ("loss_before", "loss_after"):
         _require(entry.get(key) is None or _is_number(entry[key]), f"{where}.{key} must be a number or null")
@@ -88,12 +88,8 @@ def _require(condition: bool, problem: str) -> None:
         raise _Problem(problem)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _is_number(x: Any) -> bool:
-    return (_is_int(x) and abs(x) <= MAX_COUNT) or (isinstance(x, float) and math.isfinite(x))
+    return (is_int(x) and abs(x) <= MAX_COUNT) or (isinstance(x, float) and math.isfinite(x))
 
 
 def _is_text(x: Any) -> bool:
@@ -123,7 +119,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_int(value)
     if hint is float:
         return _is_number(value)
     if hint is str:

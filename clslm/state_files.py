@@ -151,12 +151,13 @@ def _need(condition: bool, problem: str) -> None:
         raise ValueError(problem)
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """A whole number that is not a bool (JSON true/false load as bools)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x: Any) -> bool:
-    return _is_int(x) or (isinstance(x, float) and math.isfinite(x))
+    return is_int(x) or (isinstance(x, float) and math.isfinite(x))
 
 
 def _routing_keys(value: Any, what: str = "keys") -> None:
@@ -170,7 +171,7 @@ def _routing_keys(value: Any, what: str = "keys") -> None:
         for row in sentences:
             _need(isinstance(row, list), f"{what}[{i}].sentences must hold lists of [term, weight] pairs")
             for pair in row:
-                ok = isinstance(pair, list) and len(pair) == 2 and _is_int(pair[0]) and 0 <= pair[0] < len(vocabulary)
+                ok = isinstance(pair, list) and len(pair) == 2 and is_int(pair[0]) and 0 <= pair[0] < len(vocabulary)
                 _need(ok and _is_number(pair[1]), f"{what}[{i}].sentences holds {str(pair)[:40]}, not a [term index, weight] pair")
 
 
@@ -189,9 +190,9 @@ def _jitrl_mvp_extra(state: dict[str, Any]) -> None:
 
 def _ace_extra(state: dict[str, Any]) -> None:
     playbook = state.get("playbook")
-    _need(isinstance(playbook, dict) and isinstance(playbook.get("bullets"), list) and _is_int(playbook.get("next_id")), "the playbook needs bullets and a whole next_id")
+    _need(isinstance(playbook, dict) and isinstance(playbook.get("bullets"), list) and is_int(playbook.get("next_id")), "the playbook needs bullets and a whole next_id")
     for b in playbook["bullets"]:
-        ok = isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("id", "text", "doc")) and _is_int(b.get("chunk"))
+        ok = isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("id", "text", "doc")) and is_int(b.get("chunk"))
         _need(ok, "a playbook bullet needs string id, text and doc and a whole chunk")
 
 

@@ -102,15 +102,7 @@ def replaced(tree, path, make):
     if not path:
         return make(tree)
     head, rest = path[0], path[1:]
-    if isinstance(tree, dict):
-        out = dict(tree)
-        new = replaced(tree[head], rest, make)
-        if new is DELETE:
-            del out[head]
-        else:
-            out[head] = new
-        return out
-    out = list(tree)
+    out = dict(tree) if isinstance(tree, dict) else list(tree)
     new = replaced(tree[head], rest, make)
     if new is DELETE:
         del out[head]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..generation import READ_INSTRUCTION, chat_prompt
+from ..generation import READ_INSTRUCTION, chat_prompt, common_prefix
 from .anatomy import cache_kwarg, cache_of
 
 TOP_K = 32  # teacher log-probabilities kept per reply position (the rest of the mass is dropped)
@@ -47,16 +47,21 @@ def teach(model, tokenizer, chunk: str, exchanges: list[tuple[str, list[int]]], 
     The prompt up to the end of the chunk is the same for every question: it runs once, and each batch of
     questions continues from a copy of its KV cache.
     """
-    prompts = [_ids(tokenizer, chat_prompt(tokenizer, teacher_message(chunk, q))) for q, _ in exchanges]
-    shared = _common_prefix(prompts)
-    device = model.device
-    prefix = cache_of(model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1))
+    prompts, shared, prefix = _read(model, tokenizer, chunk, [q for q, _ in exchanges])
     out: list[Teacher] = []
     for start in range(0, len(exchanges), batch_size):
         rows = [prompts[i][shared:] + exchanges[i][1] for i in range(start, min(start + batch_size, len(exchanges)))]
         replies = [len(exchanges[i][1]) for i in range(start, start + len(rows))]
         out += _continue(model, prefix, shared, rows, replies, top_k)
     return out
+
+
+def _read(model, tokenizer, chunk: str, questions: list[str]) -> tuple[list[list[int]], int, object]:
+    """The teacher's prompt ids per question, how many leading tokens they share, and those tokens' KV cache."""
+    prompts = [_ids(tokenizer, chat_prompt(tokenizer, teacher_message(chunk, q))) for q in questions]
+    shared = len(common_prefix(prompts))
+    prefix = cache_of(model(input_ids=torch.tensor([prompts[0][:shared]], device=model.device), use_cache=True, logits_to_keep=1))
+    return prompts, shared, prefix
 
 
 @torch.no_grad()
@@ -66,9 +71,7 @@ def answer(model, tokenizer, chunk: str, questions: list[str], *, max_new_tokens
 
     Answers end with the end-of-turn token, as a reply in a chat example does.
     """
-    prompts = [_ids(tokenizer, chat_prompt(tokenizer, teacher_message(chunk, q))) for q in questions]
-    shared = _common_prefix(prompts)
-    prefix = cache_of(model(input_ids=torch.tensor([prompts[0][:shared]], device=model.device), use_cache=True, logits_to_keep=1))
+    prompts, shared, prefix = _read(model, tokenizer, chunk, questions)
     out = []
     for start in range(0, len(questions), batch_size):
         rows = [p[shared:] for p in prompts[start : start + batch_size]]
@@ -78,17 +81,9 @@ def answer(model, tokenizer, chunk: str, questions: list[str], *, max_new_tokens
 
 def _greedy(model, prefix, shared: int, rows: list[list[int]], eos: int, max_new_tokens: int, top_k: int) -> list[tuple[list[int], Teacher]]:
     """Greedy decoding of right-padded rows after a cached prefix (pads masked out, positions per row)."""
-    device, width, n = model.device, max(map(len, rows)), len(rows)
-    ids = torch.zeros(n, width, dtype=torch.long, device=device)
-    mask = torch.zeros(n, shared + width, dtype=torch.long, device=device)
-    mask[:, :shared] = 1
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, device=device)
-        mask[r, shared : shared + len(row)] = 1
-    cache = copy.deepcopy(prefix)
-    cache.batch_repeat_interleave(n)
+    device, n = model.device, len(rows)
+    logits, mask, cache = _after_prefix(model, prefix, shared, rows)
     lengths = torch.tensor([shared + len(row) for row in rows], device=device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(shared, shared + width, device=device).expand(n, -1), use_cache=True, **cache_kwarg(model, cache)).logits
     step_logits = logits[torch.arange(n), lengths - shared - 1]
     tokens: list[list[int]] = [[] for _ in rows]
     tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in rows]
@@ -111,6 +106,18 @@ def _greedy(model, prefix, shared: int, rows: list[list[int]], eos: int, max_new
 
 def _continue(model, prefix, shared: int, rows: list[list[int]], replies: list[int], top_k: int) -> list[Teacher]:
     """Run `rows` (right-padded) after the cached prefix; top-k log-probs predicting each reply token."""
+    logits, _, _ = _after_prefix(model, prefix, shared, rows)
+    out = []
+    for r, (row, n) in enumerate(zip(rows, replies)):
+        # position p predicts token p+1: the reply's n tokens are predicted from positions len-n-1 .. len-2
+        logp = F.log_softmax(logits[r, len(row) - n - 1 : len(row) - 1].float(), dim=-1)
+        top = logp.topk(top_k, dim=-1)
+        out.append(Teacher(top.indices.cpu(), (top.values - top.values.logsumexp(-1, keepdim=True)).cpu()))
+    return out
+
+
+def _after_prefix(model, prefix, shared: int, rows: list[list[int]]):
+    """Run right-padded `rows` after a copy of the prefix's cache (pads masked out); (logits, mask, cache)."""
     device, width = model.device, max(map(len, rows))
     ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
     mask = torch.zeros(len(rows), shared + width, dtype=torch.long, device=device)
@@ -122,22 +129,7 @@ def _continue(model, prefix, shared: int, rows: list[list[int]], replies: list[i
     cache.batch_repeat_interleave(len(rows))
     positions = torch.arange(shared, shared + width, device=device).expand(len(rows), -1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kwarg(model, cache)).logits
-    out = []
-    for r, (row, n) in enumerate(zip(rows, replies)):
-        # position p predicts token p+1: the reply's n tokens are predicted from positions len-n-1 .. len-2
-        logp = F.log_softmax(logits[r, len(row) - n - 1 : len(row) - 1].float(), dim=-1)
-        top = logp.topk(top_k, dim=-1)
-        out.append(Teacher(top.indices.cpu(), (top.values - top.values.logsumexp(-1, keepdim=True)).cpu()))
-    return out
-
-
-def _common_prefix(sequences: list[list[int]]) -> int:
-    """Length of the longest token prefix all sequences share (at least 1 token is left to each)."""
-    first, n = sequences[0], min(map(len, sequences)) - 1
-    for i in range(n):
-        if any(s[i] != first[i] for s in sequences):
-            return i
-    return n
+    return logits, mask, cache
 
 
 def distillation_loss(logits: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
