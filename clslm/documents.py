@@ -176,18 +176,55 @@ def _jsonl_documents(path: str, data: bytes, text_field: str) -> list[Document]:
     return docs
 
 
-# End punctuation, closing quotes/brackets (kept with the sentence), then space before a capital.
-_SENTENCE_END = re.compile(r"([.!?][\"')\]]*)\s+(?=[A-Z0-9\"'(\[])")
+# A possible cut: end punctuation, closing quotes/brackets (kept with the sentence), then space before a
+# capital, digit, opening quote or bracket. _ends_sentence() then looks at the word before it.
+_SENTENCE_END = re.compile(r"(?:[.!?…][\"')\]”’]*)\s+(?=[A-Z0-9\"'(\[“‘])")
+# Never end a sentence: titles before a name, and words that always continue ("vs. Saalberg").
+NEVER_END = {"mr", "mrs", "ms", "dr", "prof", "st", "mt", "rev", "gen", "capt", "lt", "col", "sgt", "gov", "vs", "cf", "viz", "approx", "ca"}
+# Do not end a sentence before a number ("No. 7", "Fig. 3", "Jan. 1997", "Dec. 4"); before a capital they may.
+BEFORE_NUMBER = {"no", "nos", "fig", "figs", "vol", "p", "pp", "ch", "sec", "eq", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"}
+_LIST_NUMBER = re.compile(r"\d{1,3}\.")  # a numbered list item's number, alone at the start of a sentence
+_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # A.M, e.g, i.e, U.S (the last dot is stripped before matching)
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split prose into sentences (paragraphs first, then end punctuation followed by a capital)."""
+    """Split prose into sentences: paragraphs (blank lines) first, then end punctuation before a capital or digit.
+
+    A period does not end a sentence after an initial ("L. Peter Deutsch"), dotted initials or abbreviations
+    ("A.M. Kuchling", "e.g.", "i.e."), a title or NEVER_END word ("Dr. Dobb's", "vs. Saalberg"), a BEFORE_NUMBER
+    word followed by a number ("Jan. 1997", "No. 7", "Fig. 3"), or a lone ellipsis between words ("the ... Peter");
+    decimals and versions ("3.5 km", "zlib 1.2.13") never had a space to cut at. "etc." and an ellipsis that ends a
+    word ("waited... Then") end a sentence before a capital; a list item's number ("1. The origin") stays with its
+    item. Cuts fall only on whitespace: no word is split, and
+    the sentences joined by spaces give the text's words in order.
+    """
     sentences = []
     for paragraph in re.split(r"\n\s*\n", text):
         paragraph = " ".join(paragraph.split())
-        # Paragraphs hold no newline after the join above, so a newline can mark the cuts.
-        sentences += [s.strip() for s in _SENTENCE_END.sub("\\1\n", paragraph).split("\n") if s.strip()]
-    return sentences
+        start = 0
+        for match in _SENTENCE_END.finditer(paragraph):
+            end = match.start() + len(match.group().rstrip())  # after the punctuation and closers
+            if _LIST_NUMBER.fullmatch(paragraph, start, end):  # "1. The origin…": the number opens the item
+                continue
+            if _ends_sentence(paragraph[paragraph.rfind(" ", 0, match.start()) + 1 : end], paragraph[match.end()]):
+                sentences.append(paragraph[start:end])
+                start = match.end()
+        sentences.append(paragraph[start:])
+    return [s for s in sentences if s]
+
+
+def _ends_sentence(word: str, following: str) -> bool:
+    """Whether the whitespace-free `word` ending in . ! ? or … ends its sentence, `following` being the next character."""
+    core = word.rstrip("\"')]\u201d\u2019")
+    if core != word or core.endswith(("!", "?")):  # a closing quote or bracket, or ! ?
+        return True
+    if core.endswith(("...", "\u2026")):
+        return bool(core.rstrip(".\u2026"))  # attached to a word: ends it; alone ("the ... Peter"): an omission
+    core = core[:-1].lstrip("\"'([\u201c\u2018")
+    if re.fullmatch(r"[A-Z]", core) or _DOTTED.fullmatch(core):  # L. / A.M. / e.g.
+        return False
+    lowered = core.lower()
+    return lowered not in NEVER_END and not (lowered in BEFORE_NUMBER and following.isdigit())
 
 
 def chunk_spans(n_tokens: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:

@@ -309,7 +309,7 @@ def test_blank_pdf(tmp_path):
         ('She said "Stop." Then she left.', ['She said "Stop."', "Then she left."]),
         ("(It rained.) Next day came.", ["(It rained.)", "Next day came."]),
         ("Para one\nstill one.\n\n  Para two.", ["Para one still one.", "Para two."]),
-        ("Dr. Smith arrived. e.g. this", ["Dr.", "Smith arrived. e.g. this"]),  # naive on abbreviations, by design
+        ("Dr. Smith arrived. e.g. this", ["Dr. Smith arrived. e.g. this"]),  # no capital after "arrived."
         ("", []),
         ("  \n\n ", []),
         ("No end punctuation", ["No end punctuation"]),
@@ -319,12 +319,62 @@ def test_split_sentences(text, sentences):
     assert split_sentences(text) == sentences
 
 
+# Issue 25: real READMEs (zlib's) cut at initials, abbreviations and list numbers.
+@pytest.mark.parametrize(
+    "text, sentences",
+    [
+        (
+            "The deflate and zlib specifications were written by L. Peter Deutsch. Thanks to all the people.",
+            ["The deflate and zlib specifications were written by L. Peter Deutsch.", "Thanks to all the people."],
+        ),
+        (
+            "A Python interface to zlib written by A.M. Kuchling <amk@amk.ca> is available. Use it.",
+            ["A Python interface to zlib written by A.M. Kuchling <amk@amk.ca> is available.", "Use it."],
+        ),
+        (
+            "Mark Nelson wrote an article about zlib for the Jan.  1997\nissue of Dr.  Dobb's Journal; a copy is online.",
+            ["Mark Nelson wrote an article about zlib for the Jan. 1997 issue of Dr. Dobb's Journal; a copy is online."],
+        ),
+        ("zlib 1.2.13 is a library. The changes made in version 1.2.13. Are here.", ["zlib 1.2.13 is a library.", "The changes made in version 1.2.13.", "Are here."]),
+        ("The trail is 3.5 km long. It climbs 1,200 m.", ["The trail is 3.5 km long.", "It climbs 1,200 m."]),
+        ("Mr. Smith and Mrs. Jones met Ms. Brown on St. James Street. They talked.", ["Mr. Smith and Mrs. Jones met Ms. Brown on St. James Street.", "They talked."]),
+        ("Use a codec, e.g. Zlib, or i.e. XZ. Both work.", ["Use a codec, e.g. Zlib, or i.e. XZ.", "Both work."]),
+        ("It was Fosk vs. Saalberg. Fosk won.", ["It was Fosk vs. Saalberg.", "Fosk won."]),
+        ("See Fig. 3 and No. 7 on Dec. 4. Next.", ["See Fig. 3 and No. 7 on Dec. 4.", "Next."]),
+        ("Lamps, lenses, etc. Then came the war.", ["Lamps, lenses, etc.", "Then came the war."]),  # before a capital, etc. ends
+        ("The fig. Then the pear. No. It was not.", ["The fig.", "Then the pear.", "No.", "It was not."]),  # not before a number
+        ("He waited... Then he left.", ["He waited...", "Then he left."]),
+        ("He thanked ... Peter Deutsch. Then \u2026 Adler.", ["He thanked ... Peter Deutsch.", "Then \u2026 Adler."]),  # a lone ellipsis omits
+        ("She said \u201cStop.\u201d Then she left.", ["She said \u201cStop.\u201d", "Then she left."]),
+        ("(Dr. Fosk) built it. (Prof. Saalberg.) Next.", ["(Dr. Fosk) built it.", "(Prof. Saalberg.)", "Next."]),
+        (
+            "subject to these restrictions:\n\n1. The origin must not be misrepresented. You must not claim it.\n\n2. Altered versions.",
+            ["subject to these restrictions:", "1. The origin must not be misrepresented.", "You must not claim it.", "2. Altered versions."],
+        ),
+        ("It opened in 1902. 41 metres tall.", ["It opened in 1902.", "41 metres tall."]),  # a number after a sentence stays cut
+    ],
+)
+def test_split_sentences_initials_abbreviations_numbers(text, sentences):
+    assert split_sentences(text) == sentences
+
+
 words = st.text(alphabet=st.sampled_from(list("abcXYZ019.!?\"')( ")), min_size=1, max_size=8)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(words, st.sampled_from(["\n", "\n\n", " \n \n", "\t"])), max_size=30).map("".join))
 def test_split_sentences_keeps_every_word_in_order(text):
+    sentences = split_sentences(text)
+    assert all(s and s == s.strip() and "\n" not in s for s in sentences)
+    assert " ".join(sentences).split() == text.split()
+
+
+tricky = st.sampled_from(["Dr.", "L.", "A.M.", "e.g.", "Jan.", "No.", "7", "1.2.13.", "...", "\u2026", "etc.", "1.", "Peter", "(x.)", "\u201cy.\u201d"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(words, tricky, st.sampled_from(["\n", "\n\n"])), max_size=30).map(" ".join))
+def test_split_sentences_keeps_every_word_with_abbreviations(text):
     sentences = split_sentences(text)
     assert all(s and s == s.strip() and "\n" not in s for s in sentences)
     assert " ".join(sentences).split() == text.split()
