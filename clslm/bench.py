@@ -30,7 +30,7 @@ from .documents import Document
 from .errors import ClslmError, InputError, StrategyNotImplemented
 from .machine import machine_info, peak_rss_mb
 from .models import DEFAULT_MODEL
-from .scoring import contains_answer, token_f1
+from .scoring import accuracy, contains_answer, mean_f1, strict_accuracy, strict_answer
 
 from .generation import READ_INSTRUCTION as FACTS_INSTRUCTION
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -76,6 +76,9 @@ class QuestionRow:
     base_hit: bool
     in_context_hit: bool
     learned_hit: bool
+    base_strict: bool  # scoring.strict_answer
+    in_context_strict: bool
+    learned_strict: bool
 
 
 @dataclass
@@ -88,7 +91,8 @@ class BenchResult:
     mode: str
     docs: int
     questions: int
-    accuracy: dict[str, float]  # base, in_context, learned
+    accuracy: dict[str, float]  # base, in_context, learned (answer-contains)
+    strict_accuracy: dict[str, float]  # the same, strict: no other answer of its kind first, no take-back
     f1: dict[str, float]
     gain_recovery: float | None
     general: dict[str, Any]  # questions, before, after, nll_before, nll_after
@@ -122,7 +126,7 @@ class Comparison:
     mode: str
     docs: int
     questions: int
-    reference: dict[str, Any]  # accuracy/f1 of base and in_context, general before
+    reference: dict[str, Any]  # accuracy/strict_accuracy/f1 of base and in_context, general before
     strategies: list[BenchResult | Unavailable]
     machine: dict[str, Any]
 
@@ -150,14 +154,6 @@ def gain_recovery(base: float, in_context: float, learned: float) -> float | Non
 def forgetting(before: float | None, after: float | None) -> float | None:
     """Relative loss of general accuracy; None when there is nothing to lose."""
     return None if not before or after is None else (before - after) / before
-
-
-def accuracy(predictions: list[str], answers: list[tuple[str, ...]]) -> float:
-    return _mean([contains_answer(p, list(a)) for p, a in zip(predictions, answers, strict=True)])
-
-
-def mean_f1(predictions: list[str], answers: list[tuple[str, ...]]) -> float:
-    return _mean([token_f1(p, list(a)) for p, a in zip(predictions, answers, strict=True)])
 
 
 def _mean(values) -> float:
@@ -355,7 +351,7 @@ def _general_after(session, general, settings, phase, progress, trial: _Trial) -
 
 # ---- scoring -------------------------------------------------------------------------------------------
 def _score(strategy, options, facts, general, settings, reference: Reference, trial: _Trial) -> BenchResult:
-    answers = [qa.answers for doc in facts for qa in doc.qa]
+    answers, questions = [qa.answers for doc in facts for qa in doc.qa], [qa.question for doc in facts for qa in doc.qa]
     runs = {"base": reference.base, "in_context": reference.in_context, "learned": trial.learned}
     acc = {k: accuracy(v, answers) for k, v in runs.items()}
     first = answers[: len(facts[0].qa)]
@@ -369,6 +365,7 @@ def _score(strategy, options, facts, general, settings, reference: Reference, tr
         docs=len(facts),
         questions=len(answers),
         accuracy={k: _round(v) for k, v in acc.items()},
+        strict_accuracy={k: _round(strict_accuracy(v, answers, questions)) for k, v in runs.items()},
         f1={k: _round(mean_f1(v, answers)) for k, v in runs.items()},
         gain_recovery=_round(gain_recovery(acc["base"], acc["in_context"], acc["learned"])),
         general=general_summary,
@@ -389,10 +386,11 @@ def _score(strategy, options, facts, general, settings, reference: Reference, tr
 
 
 def _reference_summary(facts, general, reference: Reference) -> dict[str, Any]:
-    answers = [qa.answers for doc in facts for qa in doc.qa]
+    answers, questions = [qa.answers for doc in facts for qa in doc.qa], [qa.question for doc in facts for qa in doc.qa]
     runs = {"base": reference.base, "in_context": reference.in_context}
     return {
         "accuracy": {k: _round(accuracy(v, answers)) for k, v in runs.items()},
+        "strict_accuracy": {k: _round(strict_accuracy(v, answers, questions)) for k, v in runs.items()},
         "f1": {k: _round(mean_f1(v, answers)) for k, v in runs.items()},
         "general": {k: v for k, v in _general_summary(general, reference, None).items() if not k.endswith("after")},
     }
@@ -416,5 +414,6 @@ def _rows(facts, reference: Reference, trial: _Trial) -> list[QuestionRow]:
     rows = []
     for (doc, qa), base, read, learned in zip(pairs, reference.base, reference.in_context, trial.learned, strict=True):
         hits = [contains_answer(x, list(qa.answers)) for x in (base, read, learned)]
-        rows.append(QuestionRow(doc.id, qa.question, list(qa.answers), base, read, learned, *hits))
+        strict = [strict_answer(x, list(qa.answers), qa.question) for x in (base, read, learned)]
+        rows.append(QuestionRow(doc.id, qa.question, list(qa.answers), base, read, learned, *hits, *strict))
     return rows

@@ -1,7 +1,8 @@
 """Benchmark figures as text cells, a Markdown table, per-question CSV and a matplotlib chart.
 
 One table shape serves `clslm bench` and `clslm compare`: reference rows `base` and `in_context`, then
-one row per strategy (or a "not implemented" / "failed" row). Printing is left to the CLI.
+one row per strategy (or a "not implemented" / "failed" row). Printing is left to the CLI. "accuracy" is
+answer-contains, "strict acc" the strict metric beside it (scoring.strict_answer).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .bench import BenchResult, Comparison, QuestionRow, Unavailable
 COLUMNS = (
     "setting",
     "accuracy",
+    "strict acc",
     "F1",
     "gain recovery",
     "general acc",
@@ -35,15 +37,19 @@ def reference_of(result: BenchResult) -> dict[str, Any]:
     """The strategy-independent part of a bench result, shaped like Comparison.reference."""
     keys = ("base", "in_context")
     general = {k: result.general[k] for k in ("questions", "before", "nll_before")}
-    return {"accuracy": {k: result.accuracy[k] for k in keys}, "f1": {k: result.f1[k] for k in keys}, "general": general}
+    scores = {name: {k: getattr(result, name)[k] for k in keys} for name in ("accuracy", "strict_accuracy", "f1")}
+    return {**scores, "general": general}
 
 
 def table_rows(reference: dict[str, Any], entries: list[BenchResult | Unavailable]) -> list[list[str]]:
     """Cells (strings) under COLUMNS: base, in_context, then each strategy."""
-    blank = [DASH] * (len(COLUMNS) - 3)
     general = reference["general"]
-    base = ["base", num(reference["accuracy"]["base"]), num(reference["f1"]["base"]), DASH, num(general.get("before")), num(general.get("nll_before"), 2), *[DASH] * 5]
-    read = ["in_context", num(reference["accuracy"]["in_context"]), num(reference["f1"]["in_context"]), *blank]
+
+    def scores(key: str) -> list[str]:  # accuracy, strict acc, F1 (a dash for a figure the reference lacks)
+        return [num(reference.get(name, {}).get(key)) for name in ("accuracy", "strict_accuracy", "f1")]
+
+    base = ["base", *scores("base"), DASH, num(general.get("before")), num(general.get("nll_before"), 2), *[DASH] * 5]
+    read = ["in_context", *scores("in_context"), *[DASH] * (len(COLUMNS) - 4)]
     return [base, read, *(_strategy_row(e) for e in entries)]
 
 
@@ -57,6 +63,7 @@ def _strategy_row(entry: BenchResult | Unavailable) -> list[str]:
     return [
         entry.strategy,
         num(entry.accuracy["learned"]),
+        num(entry.strict_accuracy["learned"]),
         num(entry.f1["learned"]),
         num(entry.gain_recovery),
         num(entry.general["after"]),
@@ -117,7 +124,7 @@ def write_comparison(directory: Path, comparison: Comparison, table_md: str) -> 
 
 
 def write_csv(path: Path, rows: list[QuestionRow]) -> None:
-    fields = ["doc_id", "question", "answers", "base", "base_hit", "in_context", "in_context_hit", "learned", "learned_hit"]
+    fields = ["doc_id", "question", "answers"] + [f"{k}{s}" for k in ("base", "in_context", "learned") for s in ("", "_hit", "_strict")]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

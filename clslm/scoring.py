@@ -125,6 +125,24 @@ def token_f1(prediction: str, answers: list[str]) -> float:
     return max((_f1(normalize_tokens(prediction), normalize_tokens(a)) for a in answers), default=0.0)
 
 
+def accuracy(predictions: list[str], answers: list[tuple[str, ...]]) -> float:
+    """Share of predictions that contain an accepted answer (answer-contains); 0.0 for none."""
+    return _mean([contains_answer(p, list(a)) for p, a in zip(predictions, answers, strict=True)])
+
+
+def strict_accuracy(predictions: list[str], answers: list[tuple[str, ...]], questions: list[str]) -> float:
+    """Share of predictions that strict_answer accepts; 0.0 for none."""
+    return _mean([strict_answer(p, list(a), q) for p, a, q in zip(predictions, answers, questions, strict=True)])
+
+
+def mean_f1(predictions: list[str], answers: list[tuple[str, ...]]) -> float:
+    return _mean([token_f1(p, list(a)) for p, a in zip(predictions, answers, strict=True)])
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _f1(predicted: list[str], truth: list[str]) -> float:
     if not predicted or not truth:
         return float(predicted == truth)

@@ -26,7 +26,7 @@ from conftest import DOCUMENT, USER_CLSLM_HOME
 TTT_FAST = {"epochs": "2", "neurons": "8", "max_tokens": "32"}
 TTT_FAST_CLI = [arg for key, value in TTT_FAST.items() for arg in ("-o", f"{key}={value}")]
 BENCH_KEYS = {
-    "strategy", "options", "model", "mode", "docs", "questions", "accuracy", "f1", "gain_recovery", "general", "forgetting", "retention",
+    "strategy", "options", "model", "mode", "docs", "questions", "accuracy", "strict_accuracy", "f1", "gain_recovery", "general", "forgetting", "retention",
     "learn_seconds", "learn_seconds_per_1k_tokens", "ask_seconds_mean", "peak_rss_mb", "state_mb_per_doc", "machine",
 }  # fmt: skip
 SECOND_DOCUMENT = "Ulla Brenning founded the Tamsford Rowing Club in 1911. The club rows on the Orle estuary every spring."
@@ -95,6 +95,50 @@ def test_forgetting():
     assert forgetting(before=0.5, after=0.5) == 0
     assert forgetting(before=0.0, after=0.0) is None
     assert forgetting(before=None, after=None) is None
+
+
+def test_score_reports_strict_accuracy_next_to_accuracy(tmp_path):
+    """Issue 25: replies right by answer-contains but wrong by strict count in accuracy, not in strict_accuracy."""
+    from clslm.bench import Reference, _score, _Trial
+    from clslm.bench_report import markdown, reference_of, table_rows, write_outputs
+    from clslm.benchdata import QA, FactsDoc
+
+    qa = (
+        QA("In what year was the article published?", ("1991",)),
+        QA("How many domains of text does Exquisite Corpus compile?", ("8", "eight")),
+        QA("Who published The Data Compression Book?", ("M&T Books", "M&T")),
+        QA("Who wrote the deflate specification?", ("L. Peter Deutsch", "Deutsch")),
+    )
+    facts = [FactsDoc("readmes", "READMEs", "…", qa)]
+    contradicting = [
+        "It was published in 1991, but it was actually published in 1992.",
+        "Exquisite Corpus compiles 14 different domains of text, and 8 differ.",
+        "M&T, but it has a number of serious problems.",
+        "It was written by L. Peter Deutsch.",
+    ]
+    reference = Reference(base=["I do not know."] * 4, in_context=contradicting, general=[], general_nll=[], doc_tokens=[100])
+    trial = _Trial(learned=contradicting[:2] + ["M&T Books published it.", "Deutsch."], first_right_after=contradicting, first_after_all=contradicting)
+    result = _score("ttt", {}, facts, [], BenchSettings(device="cpu"), reference, trial)
+    assert result.accuracy == {"base": 0.0, "in_context": 1.0, "learned": 1.0}
+    assert result.strict_accuracy == {"base": 0.0, "in_context": 0.25, "learned": 0.5}
+    assert [(r.in_context_hit, r.in_context_strict, r.learned_strict) for r in result.rows] == [
+        (True, False, False), (True, False, False), (True, False, True), (True, True, True),
+    ]  # fmt: skip
+    assert reference_of(result)["strict_accuracy"] == {"base": 0.0, "in_context": 0.25}
+
+    rows = table_rows(reference_of(result), [result])
+    assert [row[:4] for row in rows] == [["base", "0.000", "0.000", "0.000"], ["in_context", "1.000", "0.250", rows[1][3]], ["ttt", "1.000", "0.500", rows[2][3]]]
+    table = markdown(rows, model="m", mode="sequential", docs=1, questions=4, general_questions=0, machine={})
+    assert table.splitlines()[0].startswith("| setting | accuracy | strict acc | F1 |")
+    assert "| `ttt` | 1.000 | 0.500 |" in table
+    old_reference = {k: v for k, v in reference_of(result).items() if k != "strict_accuracy"}  # a compare.json from before
+    assert table_rows(old_reference, [])[1][:3] == ["in_context", "1.000", "–"]
+
+    write_outputs(tmp_path, result)
+    with open(tmp_path / "questions.csv", newline="", encoding="utf-8") as f:
+        first = next(csv.DictReader(f))
+    assert (first["in_context_hit"], first["in_context_strict"]) == ("True", "False")
+    assert json.loads((tmp_path / "result.json").read_text())["strict_accuracy"]["learned"] == 0.5
 
 
 # ---- data sets -------------------------------------------------------------------------------------
@@ -185,8 +229,9 @@ def test_run_bench_both_modes(model_dir, facts_file, general_file, mode):
     data = asdict(result)
     assert set(data) == BENCH_KEYS
     assert (data["strategy"], data["options"], data["mode"], data["docs"], data["questions"]) == ("ttt", TTT_FAST, mode, 2, 4)
-    for key in ("accuracy", "f1"):
+    for key in ("accuracy", "strict_accuracy", "f1"):
         assert set(data[key]) == {"base", "in_context", "learned"} and all(0 <= v <= 1 for v in data[key].values())
+    assert all(data["strict_accuracy"][k] <= data["accuracy"][k] for k in data["accuracy"])
     assert set(data["general"]) == {"questions", "before", "after", "nll_before", "nll_after"}
     assert data["general"]["questions"] == 3 and data["general"]["nll_before"] > 0 and data["general"]["nll_after"] > 0
     assert set(data["retention"]) == {"first_doc_right_after", "first_doc_after_all"}
@@ -214,7 +259,7 @@ def test_cli_bench_json_and_out(llama_dir, facts_file, general_file, tmp_path, c
     with open(out_dir / "questions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and rows[0]["doc_id"] == "kess" and rows[0]["answers"] == "Adelmar Fosk | Fosk"
-    assert {"base", "in_context", "learned", "base_hit", "in_context_hit", "learned_hit"} <= set(rows[0])
+    assert {"base", "in_context", "learned", "base_hit", "in_context_hit", "learned_hit", "base_strict", "in_context_strict", "learned_strict"} <= set(rows[0])
 
 
 def test_cli_bench_human_output(llama_dir, facts_file, capfd):
@@ -235,6 +280,7 @@ def test_compare_shares_the_reference_and_reports_missing_strategies(llama_dir, 
     ttt, planned = comparison.strategies
     assert isinstance(planned, Unavailable) and planned.status == "not implemented"
     assert ttt.accuracy["base"] == comparison.reference["accuracy"]["base"]
+    assert ttt.strict_accuracy["in_context"] == comparison.reference["strict_accuracy"]["in_context"]
     assert ttt.general["before"] == comparison.reference["general"]["before"]
     assert sum(1 for p, done, _ in phases if p == "base" and done == 0) == 1  # computed once
 
@@ -275,7 +321,7 @@ def test_cli_compare_json_markdown_plot(llama_dir, facts_file, general_file, tmp
     assert code == 0, err
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = [line for line in out.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| setting | accuracy | F1 | gain recovery |") and len(table) == 2 + 4  # header, rule, 4 rows
+    assert table[0].startswith("| setting | accuracy | strict acc | F1 | gain recovery |") and len(table) == 2 + 4  # header, rule, 4 rows
     assert any(line.startswith(f"| `{planned_strategy}` | not implemented |") for line in table)
     assert "Model `" in out
 
