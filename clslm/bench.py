@@ -30,6 +30,7 @@ from .documents import Document
 from .errors import ClslmError, InputError, StrategyNotImplemented
 from .machine import machine_info, peak_rss_mb
 from .models import DEFAULT_MODEL
+from .options import parse_key_values
 from .scoring import accuracy, contains_answer, mean_f1, strict_accuracy, strict_answer
 
 from .generation import READ_INSTRUCTION as FACTS_INSTRUCTION
@@ -260,13 +261,8 @@ def variant(label: str) -> tuple[str, dict[str, str]]:
     match = re.fullmatch(r"\s*([\w-]+)\s*(?:\[([^\]]*)\])?\s*", label)
     if not match:
         raise InputError(f"strategy {label!r}: write NAME or NAME[KEY=VALUE,...]")
-    options = {}
-    for item in filter(None, (part.strip() for part in (match.group(2) or "").split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(f"strategy {label!r}: {item!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
-    return match.group(1), options
+    items = filter(None, (part.strip() for part in (match.group(2) or "").split(",")))
+    return match.group(1), parse_key_values(items, context=f"strategy {label!r}")
 
 
 def check_strategy(name: str, options: dict[str, str]) -> None:

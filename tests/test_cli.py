@@ -15,7 +15,7 @@ import pytest
 from clslm import __version__
 from clslm.cli import main
 from clslm.documents import Document
-from clslm.interactive import run_repl
+from clslm.cli.repl import run_repl
 from clslm.session import MANIFEST, Session
 
 from conftest import DOCUMENT, build_model, fast_cli_options, fast_options, snapshot

@@ -117,7 +117,7 @@ def test_reset_json_prompts_on_stderr_and_prints_one_object(capfd, session, monk
 def test_learn_without_a_path_in_the_repl_learns_nothing(session, tmp_path, monkeypatch, line):  # noqa: F811
     from rich.console import Console
 
-    from clslm.interactive import run_repl
+    from clslm.cli.repl import run_repl
 
     monkeypatch.chdir(tmp_path)  # holds documents: `:learn` used to learn every one of them
     (tmp_path / "other.txt").write_text("The Velmar Bridge crosses the river Oss.", encoding="utf-8")

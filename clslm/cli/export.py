@@ -1,4 +1,4 @@
-"""`clslm export`, registered on the main Typer app (imported by cli.py)."""
+"""`clslm export`: what a session learned, for use outside clslm."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from .cli import DeviceOpt, JsonOpt, SessionOpt, WaitOpt, app, emit_json, err, out
-from .paths import DEFAULT_SESSION
+from ..paths import DEFAULT_SESSION
+from .app import DeviceOpt, JsonOpt, SessionOpt, WaitOpt, app
+from .output import emit_json, err, out
 
 
 class Format(str, Enum):
@@ -43,7 +44,7 @@ def export_command(
     wait: WaitOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    from .session import Session
+    from ..session import Session
 
     with Session.open(session, device=device, dtype=dtype, wait=wait) as s:
         report = s.export(out_dir, format=fmt.value, rank=rank, force=force)
@@ -58,4 +59,4 @@ def export_command(
     if report.base_model:
         out.print(f"base model: {report.base_model}", markup=False, highlight=False)
     for note in report.notes:
-        err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        err.line(f"note: {note}")

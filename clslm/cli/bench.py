@@ -1,25 +1,24 @@
-"""`clslm bench` and `clslm compare`, registered on the main Typer app (imported by cli.py)."""
+"""`clslm bench` and `clslm compare`: measure strategies on a facts set and a general-knowledge set."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import registry
-from .cli import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OptionsOpt, _check_strategy, app, emit_json, err, out, parse_kv
-from .errors import InputError
-from .models import DEFAULT_MODEL
+from .. import registry
+from ..errors import InputError
+from ..models import DEFAULT_MODEL
+from ..options import parse_key_values
+from .app import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OptionsOpt, app, check_strategy
+from .output import count, emit_json, err, out
+from .progress import Reporter
 
 
 class Mode(str, Enum):
@@ -32,7 +31,7 @@ GeneralOpt = Annotated[Optional[Path], typer.Option("--general", help="General-k
 DocsOpt = Annotated[Optional[int], typer.Option("--docs", min=1, help="Use only the first N documents.", show_default=False)]
 GeneralQuestionsOpt = Annotated[Optional[int], typer.Option("--general-questions", min=0, help="Use only the first N general questions (0 skips forgetting).", show_default=False)]
 ModeOpt = Annotated[Mode, typer.Option("--mode", help="sequential: one session learns every document, then answers; independent: a fresh session per document.")]
-StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", callback=_check_strategy, help="Strategy to benchmark (default ttt): " + ", ".join(registry.names()) + ".", show_default=False)]
+StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", callback=check_strategy, help="Strategy to benchmark (default ttt): " + ", ".join(registry.names()) + ".", show_default=False)]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer to a facts question (greedy).")]
 GeneralTokensOpt = Annotated[int, typer.Option("--general-max-new-tokens", min=1, help="Longest answer to a general question.")]
 
@@ -56,20 +55,20 @@ def bench(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write DIR/result.json and DIR/questions.csv (every question's three answers).", show_default=False)] = None,
 ) -> None:
     """Measure one strategy: accuracy base / in context / learned, forgetting, retention, time and memory."""
-    from .bench import BenchSettings, run_bench
-    from .bench_report import write_outputs
+    from ..bench import BenchSettings, run_bench
+    from ..bench_report import write_outputs
 
     facts_set, general_set = _load_sets(facts, general, docs, general_questions)
     settings = BenchSettings(model or DEFAULT_MODEL, mode.value, max_new_tokens, general_max_new_tokens, device, dtype)
-    with _progress() as progress:
-        result = run_bench(strategy or "ttt", facts_set, general_set, settings, parse_kv(option), progress=progress)
+    with Reporter(err, transient=True) as reporter:
+        result = run_bench(strategy or "ttt", facts_set, general_set, settings, parse_key_values(option), progress=reporter.update)
     written = write_outputs(out_dir, result) if out_dir is not None else []
     if as_json:
         emit_json(asdict(result))
         return
     _print_bench(result)
     for path in written:
-        out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+        out.line(f"wrote {path}")
 
 
 @app.command()
@@ -93,36 +92,36 @@ def compare(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write DIR/compare.json, DIR/compare.md and DIR/STRATEGY/questions.csv.", show_default=False)] = None,
 ) -> None:
     """Benchmark several strategies on the same documents, questions and model; one table."""
-    from .bench import BenchSettings, run_compare
-    from .bench_report import markdown, table_rows, write_comparison
+    from ..bench import BenchSettings, run_compare
+    from ..bench_report import markdown, table_rows, write_comparison
 
     names = _strategy_list(strategies)
     if plot is not None and not plot.parent.is_dir():
         raise InputError(f"--plot {plot}: no such directory {plot.parent}")
     facts_set, general_set = _load_sets(facts, general, docs, general_questions)
     settings = BenchSettings(model or DEFAULT_MODEL, mode.value, max_new_tokens, general_max_new_tokens, device, dtype)
-    with _progress() as progress:
-        comparison = run_compare(names, facts_set, general_set, settings, _scoped_options(option, names), progress=progress)
+    with Reporter(err, transient=True) as reporter:
+        comparison = run_compare(names, facts_set, general_set, settings, _scoped_options(option, names), progress=reporter.update)
     rows = table_rows(comparison.reference, comparison.strategies)
     if plot is not None:
         _plot(plot, comparison)
-        err.print(f"wrote {plot}", markup=False, highlight=False, soft_wrap=True)
+        err.line(f"wrote {plot}")
     facts_info = dict(model=comparison.model, mode=comparison.mode, docs=comparison.docs, questions=comparison.questions)
     table_md = markdown(rows, **facts_info, general_questions=len(general_set), machine=comparison.machine)
     if out_dir is not None:
         for path in write_comparison(out_dir, comparison, table_md):
-            err.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+            err.line(f"wrote {path}")
     if as_json:
         emit_json(asdict(comparison))
     elif as_markdown:
-        out.print(table_md, markup=False, highlight=False, soft_wrap=True)
+        out.line(table_md)
     else:
-        _print_wide(_table(rows))
-        out.print(f"[dim]{_count(comparison.docs, 'document')}, {_count(comparison.questions, 'question')}, {_count(len(general_set), 'general question')}, model {comparison.model}, {comparison.mode}[/dim]", highlight=False)
+        out.print(_table(rows))  # in a pipe (logs, CI) every column stays on one line
+        out.print(f"[dim]{count(comparison.docs, 'document')}, {count(comparison.questions, 'question')}, {count(len(general_set), 'general question')}, model {comparison.model}, {comparison.mode}[/dim]", highlight=False)
 
 
 def _load_sets(facts: Path | None, general: Path | None, docs: int | None, general_questions: int | None):
-    from .benchdata import load_facts, load_general
+    from ..benchdata import load_facts, load_general
 
     facts_set = load_facts(facts)[:docs]
     general_set = load_general(general)[:general_questions] if general_questions != 0 else []
@@ -131,7 +130,7 @@ def _load_sets(facts: Path | None, general: Path | None, docs: int | None, gener
 
 def _strategy_list(text: str) -> list[str]:
     """Comma-separated names or variants (ttt[neurons=0,questions=0]: commas inside brackets stay)."""
-    from .bench import variant
+    from ..bench import variant
 
     labels = list(dict.fromkeys(p.strip() for p in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", text) if p.strip()))
     unknown = [label for label in labels if variant(label)[0] not in registry.names()]
@@ -142,11 +141,11 @@ def _strategy_list(text: str) -> list[str]:
 
 def _scoped_options(items: list[str] | None, labels: list[str]) -> dict[str, dict[str, str]]:
     """-o KEY=VALUE goes to every strategy, -o STRATEGY.KEY=VALUE to that one (and its variants)."""
-    from .bench import variant
+    from ..bench import variant
 
     names = list(dict.fromkeys(variant(label)[0] for label in labels))
     options: dict[str, dict[str, str]] = {name: {} for name in names}
-    for key, value in parse_kv(items).items():
+    for key, value in parse_key_values(items).items():
         scope, dot, name = key.rpartition(".")
         if dot and scope not in options:
             raise InputError(f"option {key}={value}: {scope!r} is not one of --strategies")
@@ -156,7 +155,7 @@ def _scoped_options(items: list[str] | None, labels: list[str]) -> dict[str, dic
 
 
 def _plot(path: Path, comparison) -> None:
-    from .bench_report import plot
+    from ..bench_report import plot
 
     title = f"{comparison.model}, {comparison.docs} documents ({comparison.questions} questions), {comparison.mode}"
     try:
@@ -167,7 +166,7 @@ def _plot(path: Path, comparison) -> None:
 
 def _table(rows: list[list[str]]) -> Table:
     """The compare table; two-line headers keep it narrow."""
-    from .bench_report import COLUMNS
+    from ..bench_report import COLUMNS
 
     table = Table(*(c.replace(" ", "\n", 1) for c in COLUMNS), box=None, header_style="bold")
     for column in table.columns[1:]:
@@ -177,18 +176,12 @@ def _table(rows: list[list[str]]) -> Table:
     return table
 
 
-def _print_wide(renderable) -> None:
-    """On a terminal rich fits the width; piped output (logs, CI) keeps every column on one line."""
-    console = out if out.is_terminal else Console(width=200)
-    console.print(renderable)
-
-
 def _print_bench(r) -> None:
     """A short table (accuracy and F1 of base / in context / learned), then one line per theme."""
-    from .bench_report import DASH, num
+    from ..bench_report import DASH, num
 
     options = f" ({', '.join(f'{k}={v}' for k, v in r.options.items())})" if r.options else ""
-    out.print(f"[bold]{escape(r.strategy)}[/bold]{escape(options)} · {r.mode} · {_count(r.docs, 'document')}, {_count(r.questions, 'question')} · model {r.model}", highlight=False)
+    out.print(f"[bold]{escape(r.strategy)}[/bold]{escape(options)} · {r.mode} · {count(r.docs, 'document')}, {count(r.questions, 'question')} · model {r.model}", highlight=False)
     table = Table("", "accuracy", "F1", box=None, header_style="bold")
     table.columns[1].justify = table.columns[2].justify = "right"
     for key in ("base", "in_context", "learned"):
@@ -209,22 +202,3 @@ def _print_bench(r) -> None:
     }
     for key, text in lines.items():
         out.print(f" {key:<14} {text}", highlight=False)
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-@contextmanager
-def _progress() -> Iterator:
-    """progress(phase, done, total) drawing one bar per phase on stderr (gone when finished)."""
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
-    tasks: dict[str, int] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total or None)
-        bars.update(tasks[phase], completed=done, total=total or None)
-
-    with bars:
-        yield progress

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from .documents import read_documents
-from .errors import ClslmError
-from .progress import learn_progress
+from ..documents import read_documents
+from ..errors import ClslmError
+from .progress import Reporter
 
 HELP = "Type a question, or :learn PATH, :reset, :info, :base QUESTION (deltas off), :quit"
 
@@ -55,7 +55,8 @@ def _handle(session, line: str, console: Console, errors: Console, max_new_token
 
 def _learn(session, path: str, console: Console, errors: Console) -> None:
     documents = read_documents(path)
-    with learn_progress(errors) as (on_step, on_document):
+    with Reporter(errors) as reporter:
+        on_step, on_document = reporter.learner()
         reports = session.learn(documents, on_step=on_step, on_document=on_document)
     for r in reports:
         console.print(f"learned {r.name} ({r.tokens} tokens, {r.seconds:.1f} s)")

@@ -1,4 +1,4 @@
-"""`clslm doc2lora train`: meta-train a doc2lora hypernetwork (a Typer sub-app registered on the main app)."""
+"""`clslm doc2lora train`: meta-train a doc2lora hypernetwork (a Typer sub-app of the main app)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import DtypeOpt, JsonOpt, app, emit_json, err, out
-from .errors import InputError
-from .models import DEFAULT_MODEL
+from ..errors import InputError
+from ..models import DEFAULT_MODEL
+from .app import DtypeOpt, JsonOpt, app
+from .output import emit_json, err, out
+from .progress import Reporter
 
 doc2lora_app = typer.Typer(no_args_is_help=True, help="Tools for the doc2lora strategy's hypernetwork.")
 app.add_typer(doc2lora_app, name="doc2lora")
@@ -52,8 +54,8 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Meta-train the hypernetwork: KL to the document-in-context teacher over answer tokens, L1 on the LoRA."""
-    from .models import load_model, resolve_model
-    from .strategies.doc2lora.train import Trainer, TrainSettings, plot_curve
+    from ..models import load_model, resolve_model
+    from ..strategies.doc2lora.train import Trainer, TrainSettings, plot_curve
 
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise InputError(f"--mixed-precision {mixed_precision!r}: choose no, fp16 or bf16")
@@ -67,9 +69,8 @@ def train(
     trainer = Trainer(base, tokenizer, settings, out_dir, fingerprint=source.fingerprint, mixed_precision=mixed_precision, cpu=device == "cpu")
     err.print(f"doc2lora: preparing {val_docs} validation documents", highlight=False)
     trainer.build(resume)
-    bar, on_step = _progress_bar(trainer)
-    with bar:
-        report = trainer.run(on_step=on_step)
+    with Reporter(err, enabled=trainer.accelerator.is_main_process) as reporter:
+        report = trainer.run(on_step=lambda step, kl: reporter.update("doc2lora train", step, steps, _losses(trainer, kl)))
     if plot is not None and trainer.accelerator.is_main_process:
         plot_curve(report, plot)
     if as_json:
@@ -80,13 +81,7 @@ def train(
     out.print(f"wrote {out_dir / 'hypernet.safetensors'} (use with -o hypernet=PATH) and {out_dir / 'curve.csv'}", highlight=False)
 
 
-def _progress_bar(trainer):
-    from tqdm import tqdm
-
-    bar = tqdm(total=trainer.settings.steps, initial=trainer.step, desc="doc2lora train", unit="doc", disable=not trainer.accelerator.is_main_process)
-
-    def on_step(step: int, kl: float) -> None:
-        bar.update(1)
-        bar.set_postfix(kl=f"{kl:.3f}", val=f"{trainer.curve[-1]['val_kl']:.3f}" if trainer.curve else "-")
-
-    return bar, on_step
+def _losses(trainer, kl: float) -> str:
+    """The latest training KL and the latest validation KL."""
+    val = f"{trainer.curve[-1]['val_kl']:.3f}" if trainer.curve else "-"
+    return f"kl {kl:.3f}, val {val}"
