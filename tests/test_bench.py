@@ -265,7 +265,7 @@ def test_cli_bench_json_and_out(llama_dir, facts_file, general_file, tmp_path, c
 def test_cli_bench_human_output(llama_dir, facts_file, capfd):
     code, out, err = run(capfd, "bench", facts_file, "--docs", "1", "--general-questions", "0", *tiny_args(llama_dir), *TTT_FAST_CLI)
     assert code == 0, err
-    for word in ("base", "in_context", "learned", "gain recovery", "retention", "forgetting", "s/1k tokens", "MB/doc", "1 document,"):
+    for word in ("base", "in_context", "learned", "strict", "gain recovery", "retention", "forgetting", "s/1k tokens", "MB/doc", "1 document,"):
         assert word in out
     assert "ttt (epochs=2, neurons=8, max_tokens=32) · sequential" in out  # the header names the options it ran with
 

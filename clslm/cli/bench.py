@@ -177,15 +177,16 @@ def _table(rows: list[list[str]]) -> Table:
 
 
 def _print_bench(r) -> None:
-    """A short table (accuracy and F1 of base / in context / learned), then one line per theme."""
+    """A short table (accuracy, strict accuracy and F1 of base / in context / learned), then one line per theme."""
     from ..bench_report import DASH, num
 
     options = f" ({', '.join(f'{k}={v}' for k, v in r.options.items())})" if r.options else ""
     out.print(f"[bold]{escape(r.strategy)}[/bold]{escape(options)} · {r.mode} · {count(r.docs, 'document')}, {count(r.questions, 'question')} · model {r.model}", highlight=False)
-    table = Table("", "accuracy", "F1", box=None, header_style="bold")
-    table.columns[1].justify = table.columns[2].justify = "right"
+    table = Table("", "accuracy", "strict", "F1", box=None, header_style="bold")
+    for column in table.columns[1:]:
+        column.justify = "right"
     for key in ("base", "in_context", "learned"):
-        table.add_row(key, num(r.accuracy[key]), num(r.f1[key]))
+        table.add_row(key, num(r.accuracy[key]), num(r.strict_accuracy[key]), num(r.f1[key]))
     out.print(table)
     kept = r.retention
     after_all = f" → {num(kept['first_doc_after_all'])} after all" if kept["first_doc_after_all"] is not None else ""
