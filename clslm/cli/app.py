@@ -12,6 +12,20 @@ from .output import out
 
 EXIT_CODES = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 session error (missing, corrupt, busy, mismatch), 5 backend unreachable, 130 interrupted."
 
+def _no_type_after_flags() -> None:
+    """Typer 0.2x prints `<bool>` after every flag in --help (`--json <bool>`), as if it took a value."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is not None and not getattr(shown, "flags_untyped", False):
+        def display_type_rich(self, ctx):
+            return None if self.is_flag else shown(self, ctx)
+
+        display_type_rich.flags_untyped = True
+        TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_after_flags()
 app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",

@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..options import parse_key_values
 from ..paths import DEFAULT_SESSION
 from .app import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OptionsOpt, SessionOpt, StrategyOpt, WaitOpt, app
+from .estimate import estimate_line, record
 from .output import emit_json, err, out
 from .progress import Reporter
 
@@ -40,10 +41,13 @@ def learn(
     options = parse_key_values(option)
     documents = [d for p in paths for d in read_documents(p, text_field=text_field, password=password, max_bytes=max_bytes)]
     with Session.open_or_create(session, model=model, strategy=strategy, options=options, device=device, dtype=dtype, wait=wait) as s:
-        check_tokens(s, documents, max_tokens)
+        tokens = check_tokens(s, documents, max_tokens)
+        if note := estimate_line(s, tokens):
+            err.line(note)
         with Reporter(err) as reporter:
             on_step, on_document = reporter.learner()
             reports = s.learn(documents, on_step=on_step, on_document=on_document)
+        record(s, reports)
         result = {"session": str(s.path), "strategy": s.strategy_name, "documents": [asdict(r) for r in reports], "state_bytes": s.state_bytes()}
     for r in reports:
         warn_if_nothing_learned(r)
@@ -64,12 +68,15 @@ def warn_if_nothing_learned(report) -> None:
         err.line(f"warning: {report.name}: nothing learned; {extra['invalid_replies']} LLM replies were not usable (check -o llm_url / llm_model)")
 
 
-def check_tokens(s, documents, max_tokens: int) -> None:
-    tokenizer = s.strategy().tokenizer
+def check_tokens(s, documents, max_tokens: int) -> int:
+    """The documents' model tokens in all; InputError when one is over --max-tokens."""
+    tokenizer, total = s.strategy().tokenizer, 0
     for d in documents:
         n = len(tokenizer(d.text, add_special_tokens=False)["input_ids"])
         if n > max_tokens:
             raise InputError(f"{d.name}: {n} tokens, more than --max-tokens {max_tokens}")
+        total += n
+    return total
 
 
 @app.command()

@@ -90,6 +90,8 @@ class Strategy(ABC):
     prefix: ClassVar[str] = ""  # in the name of every injected parameter/buffer
     paper: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
+    # Learn time on the default model on 2 CPU cores, for the CLI's estimate before a long learn (None: unknown).
+    learn_seconds_per_1k_tokens: ClassVar[float | None] = None
 
     def __init__(self, model, tokenizer, config: StrategyConfig | None = None, context: StrategyContext | None = None):
         self.model, self.tokenizer = model, tokenizer

@@ -131,6 +131,7 @@ class JitrlMVP(Strategy):
     Config = JitrlMVPConfig
     paper = "2601.18510"
     summary = "retrieves TF-IDF-ranked document chunks into the prompt, with a bounded logit bias toward their tokens"
+    learn_seconds_per_1k_tokens = 0.04  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}
@@ -274,6 +275,7 @@ class JitrlFull(Strategy):
     Config = JitrlFullConfig
     paper = "2601.18510"
     summary = "stores the documents' hidden states with their next tokens; at each step rewards the next tokens of similar states"
+    learn_seconds_per_1k_tokens = 7.3  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         layers = decoder_layers(self.model)

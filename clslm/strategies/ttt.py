@@ -151,6 +151,7 @@ class TTT(Strategy):
     prefix = PREFIX
     paper = "2512.23675"
     summary = "gradient descent on the document into sparse, TF-IDF-gated neuron copies of the last MLPs"
+    learn_seconds_per_1k_tokens = 246.0  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         self.layer_ids = last_layers(self.model, self.config.layers)

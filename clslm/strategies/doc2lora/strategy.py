@@ -92,6 +92,7 @@ class Doc2LoRA(Strategy):
     prefix = "lora_"
     paper = "arXiv:2602.15902"
     summary = "Perceiver hypernetwork: document activations → peft LoRA on down_proj, one forward per chunk"
+    learn_seconds_per_1k_tokens = 4.2  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         config = self.config

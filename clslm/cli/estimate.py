@@ -1,0 +1,69 @@
+"""How long a learn will take, said before it starts: tokens × seconds per 1k tokens.
+
+The rate is this machine's own, from earlier learns with the same strategy and model (kept in
+$CLSLM_HOME/learn-rates.json), else the strategy's figure measured on the default model on 2 CPU cores
+(`Strategy.learn_seconds_per_1k_tokens`). Either way it is an estimate, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..atomic import write_json_atomic
+from ..models import DEFAULT_MODEL
+from ..paths import clslm_home
+from .progress import clock
+
+RATES = "learn-rates.json"
+WORTH_SAYING = 30.0  # seconds: shorter learns need no estimate
+
+
+def _rates() -> dict:
+    try:
+        data = json.loads((clslm_home() / RATES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _key(session) -> str:
+    return f"{session.strategy_name} {session.manifest['model']['fingerprint'][:16]}"
+
+
+def _seen(rates: dict, key: str) -> dict[str, float]:
+    """Tokens and seconds learned so far with this strategy and model (zeros when none or unreadable)."""
+    seen = rates.get(key)
+    if isinstance(seen, dict) and all(type(seen.get(k)) in (int, float) and seen[k] >= 0 for k in ("tokens", "seconds")):
+        return {"tokens": seen["tokens"], "seconds": seen["seconds"]}
+    return {"tokens": 0, "seconds": 0.0}
+
+
+def seconds_per_1k(session) -> tuple[float, str] | None:
+    """(seconds per 1k tokens, where the figure comes from), or None when there is none."""
+    seen = _seen(_rates(), _key(session))
+    if seen["tokens"] > 0:
+        return 1000 * seen["seconds"] / seen["tokens"], "from earlier learns on this machine"
+    figure = getattr(type(session.strategy()), "learn_seconds_per_1k_tokens", None)
+    if figure and session.model_ref == DEFAULT_MODEL:
+        return figure, f"measured on {DEFAULT_MODEL}, 2 CPU cores"
+    return None
+
+
+def estimate_line(session, tokens: int) -> str | None:
+    """'estimate: ~12:00 for 9,338 tokens with ttt (…)' when the learn looks long enough to say so."""
+    rate = seconds_per_1k(session)
+    if rate is None or rate[0] * tokens / 1000 < WORTH_SAYING:
+        return None
+    return f"estimate: ~{clock(rate[0] * tokens / 1000)} for {tokens:,} tokens with {session.strategy_name} ({rate[1]})"
+
+
+def record(session, reports) -> None:
+    """Add these learns to this machine's rates (best effort: a cache, never an error)."""
+    rates, key = _rates(), _key(session)
+    seen = _seen(rates, key)
+    rates[key] = {"tokens": seen["tokens"] + sum(r.tokens for r in reports), "seconds": round(seen["seconds"] + sum(r.seconds for r in reports), 2)}
+    try:
+        clslm_home().mkdir(parents=True, exist_ok=True)
+        write_json_atomic(clslm_home() / RATES, rates)
+    except (OSError, TypeError, ValueError):
+        pass
