@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import hashlib
 import json
 import os
 import time
@@ -14,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, registry
-from .atomic import crash_point, is_temp, write_atomic, write_json_atomic
+from .atomic import crash_point, is_temp, write_json_atomic
 from .documents import Document
 from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
 from .manifest import FORMAT_VERSION, checked_config, config_problem, read_committed, read_manifest, strict_numbers, upgrade
-from .state_files import load_extra, load_extra_into, load_into, load_tensors
+from .state_files import load_extra, load_extra_into, load_into, load_tensors, read_blob, write_blob
 from .models import DEFAULT_MODEL, ModelSource, load_model, resolve_model, resolve_recorded
+from .session_documents import find as find_documents
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
 
 MANIFEST = "session.json"
@@ -261,18 +261,36 @@ class Session:
                 if on_document:
                     on_document(doc)
                 reports.append(strategy.learn(doc, step))
-            learned = [strict_numbers(asdict(r)) | {"encoding": d.encoding, "learned_at": _now()} for d, r in zip(documents, reports)]
+            learned = [strict_numbers(asdict(r)) | {"encoding": d.encoding, "characters": len(d.text), "learned_at": _now()} for d, r in zip(documents, reports)]
             self.manifest["documents"] = self.documents + learned
             self.save()
         except BaseException:
-            # The in-memory model holds half-learned state: drop it and go back to what is on disk (the
-            # old session, or the new one if the interrupt came after the commit point), minus any
-            # state files this learn wrote but never committed.
-            self._strategy, self.manifest = None, read_committed(self.path / MANIFEST, before)
-            with contextlib.suppress(OSError):
-                self._prune()
+            self._roll_back(before)
             raise
         return reports
+
+    def forget(self, selector: str) -> list[dict[str, Any]]:
+        """Forget the learned document `selector` names (name or sha256 prefix; every copy of its content),
+        then save: all or nothing. Returns the forgotten documents' records."""
+        positions, before = find_documents(self.documents, selector), copy.deepcopy(self.manifest)
+        strategy = self.strategy()
+        try:
+            for position in reversed(positions):
+                strategy.forget(self.documents, position)
+                del self.documents[position]
+            self.save()
+        except BaseException:
+            self._roll_back(before)
+            raise
+        return [before["documents"][i] for i in positions]
+
+    def _roll_back(self, before: dict[str, Any]) -> None:
+        """After a failed learn or forget the in-memory model holds half-changed state: drop it and go back to
+        what is on disk (the old session, or the new one if the failure came after the commit point), minus
+        any state files this change wrote but never committed."""
+        self._strategy, self.manifest = None, read_committed(self.path / MANIFEST, before)
+        with contextlib.suppress(OSError):
+            self._prune()
 
     def ask(self, question: str, *, deltas: bool = True, max_new_tokens: int = 64) -> Answer:
         if not question.strip():
@@ -326,39 +344,21 @@ class Session:
         # One metadata key: safetensors writes several in a per-process random order, and content-named
         # files must be the same bytes for the same state.
         data = save(tensors, metadata={"strategy": self.strategy_name})
-        return self._write_blob("deltas", ".safetensors", data)
+        return write_blob(self.path, "deltas", ".safetensors", data)
 
     def _write_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
         try:
             text = json.dumps(extra, sort_keys=True, allow_nan=False)
         except ValueError:
             raise TrainingDiverged(f"learned state of {self.strategy_name} holds a non-finite number; nothing was saved") from None
-        return self._write_blob("state", ".json", text.encode("utf-8"))
-
-    def _write_blob(self, stem: str, suffix: str, data: bytes) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest()
-        name = f"{stem}-{digest[:16]}{suffix}"
-        if not (self.path / name).is_file():
-            write_atomic(self.path / name, lambda tmp: tmp.write_bytes(data))
-        return {"file": name, "bytes": len(data), "sha256": digest}
-
-    def _read_blob(self, entry: dict[str, Any]) -> bytes:
-        path = self.path / entry["file"]
-        if Path(entry["file"]).name != entry["file"] or not path.is_file():
-            raise SessionCorrupt(f"{path}: state file missing")
-        if path.stat().st_size != entry["bytes"]:  # before reading it: a state file is never read past its size
-            raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
-        data = path.read_bytes()
-        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
-        return data
+        return write_blob(self.path, "state", ".json", text.encode("utf-8"))
 
     def verify(self) -> None:
         """Check that every state file the manifest names is there with its size and sha256, and that the
         JSON state is a JSON object within limits (the tensors are checked against the model at load)."""
         for kind, entry in self.manifest["state"].items():
             if entry:
-                data = self._read_blob(entry)
+                data = read_blob(self.path, entry)
                 if kind == "extra":
                     load_extra(data, self.path / entry["file"])
 
@@ -367,10 +367,10 @@ class Session:
         tensors_entry, extra_entry = self.manifest["state"]["tensors"], self.manifest["state"]["extra"]
         if extra_entry:
             where = self.path / extra_entry["file"]
-            load_extra_into(strategy, load_extra(self._read_blob(extra_entry), where), where)
+            load_extra_into(strategy, load_extra(read_blob(self.path, extra_entry), where), where)
         if tensors_entry:
             where = self.path / tensors_entry["file"]
-            load_into(strategy, load_tensors(self._read_blob(tensors_entry), where), where)
+            load_into(strategy, load_tensors(read_blob(self.path, tensors_entry), where), where)
 
     def _prune(self) -> None:
         """Delete state files the manifest does not name and temp files of writes a kill cut short."""

@@ -8,12 +8,14 @@ them on). Whatever does not fit is SessionCorrupt (exit 4): one line naming the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .errors import ClslmError, SessionCorrupt
 
 MAX_DEPTH = 64  # clslm writes at most 6 levels (routing keys: sentences of [term, weight] pairs)
@@ -35,6 +37,28 @@ def json_depth(data: bytes) -> int:
         else:
             depth -= 1
     return deepest
+
+
+def write_blob(directory: Path, stem: str, suffix: str, data: bytes) -> dict[str, Any]:
+    """Write `data` once as DIRECTORY/STEM-<sha16>SUFFIX (atomically); its manifest entry {file, bytes, sha256}."""
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{stem}-{digest[:16]}{suffix}"
+    if not (directory / name).is_file():
+        write_atomic(directory / name, lambda tmp: tmp.write_bytes(data))
+    return {"file": name, "bytes": len(data), "sha256": digest}
+
+
+def read_blob(directory: Path, entry: dict[str, Any]) -> bytes:
+    """The bytes of the state file a manifest entry names, checked: in `directory`, its size, its sha256."""
+    path = directory / entry["file"]
+    if Path(entry["file"]).name != entry["file"] or not path.is_file():
+        raise SessionCorrupt(f"{path}: state file missing")
+    if path.stat().st_size != entry["bytes"]:  # before reading it: a state file is never read past its size
+        raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
+    data = path.read_bytes()
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
+    return data
 
 
 def _no_constant(name: str) -> Any:

@@ -70,6 +70,14 @@ def session(template_session, tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def new_doc(tmp_path) -> Path:
+    """A document the template session has not learned (learning doc_file's content again is skipped)."""
+    path = tmp_path / "velmar.txt"
+    path.write_text("The Velmar Bridge opened in 1902. It has seven stone arches over the river Oss.", encoding="utf-8")
+    return path
+
+
 def manifest(path: Path) -> dict:
     return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
 
@@ -268,7 +276,9 @@ def test_run_repl_with_a_fake_reader(session, doc_file):
     from rich.console import Console
 
     console, errors = Console(file=io.StringIO(), width=200), Console(file=io.StringIO(), width=200)
-    script = iter([":info", f":learn {doc_file}", ":info", QUESTION, ":base   ", "   "])
+    other = write(doc_file.parent / "rowing.txt", "Ulla Brenning founded the Tamsford Rowing Club in 1911.")
+    # doc_file holds the content the session learned already: skipped; rowing.txt is learned
+    script = iter([":info", f":learn {doc_file}", f":learn {other}", ":info", QUESTION, ":base   ", "   "])
 
     def read(prompt):
         assert prompt == "clslm> "
@@ -281,6 +291,8 @@ def test_run_repl_with_a_fake_reader(session, doc_file):
         run_repl(s, first_document=None, console=console, errors=errors, max_new_tokens=4, read=read)
     out, err = console.file.getvalue(), errors.file.getvalue()
     assert "1 document(s)" in out and "2 document(s)" in out
+    assert f"{doc_file}: already learned" in err
+    assert out.rstrip().count("\n") > 4 and str(other) in out  # :info lists the documents, full names
     assert "question is empty" in err  # ":base" with no question: an error, and the REPL goes on
     assert len(manifest(session)["documents"]) == 2
 
@@ -383,22 +395,22 @@ def test_missing_session(capfd, tmp_path, command):
 
 
 @pytest.mark.parametrize("command", [["ask", QUESTION], ["info"], ["reset", "--yes"], ["learn", "DOC"]])
-def test_corrupt_manifest(capfd, session, doc_file, command):
+def test_corrupt_manifest(capfd, session, new_doc, command):
     (session / MANIFEST).write_text('{"format_version": 1, "model": ', encoding="utf-8")
-    args = [doc_file if a == "DOC" else a for a in command]
+    args = [new_doc if a == "DOC" else a for a in command]
     check_failure(capfd, [*args, "-s", session], 4, "corrupt manifest", session)
 
 
 @pytest.mark.parametrize("command", [["ask", QUESTION], ["learn", "DOC"]])
-def test_truncated_safetensors(capfd, session, doc_file, command):
+def test_truncated_safetensors(capfd, session, new_doc, command):
     data = manifest(session)
     state = session / data["state"]["tensors"]["file"]
     state.write_bytes(state.read_bytes()[:100])
-    args = [doc_file if a == "DOC" else a for a in command]
+    args = [new_doc if a == "DOC" else a for a in command]
     check_failure(capfd, [*args, "-s", session, "--device", "cpu"], 4, "truncated or altered", session)
 
 
-def test_session_made_with_another_model(capfd, tmp_path, llama_dir, tokenizer, doc_file):
+def test_session_made_with_another_model(capfd, tmp_path, llama_dir, tokenizer, doc_file, new_doc):
     model_dir = tmp_path / "model"
     shutil.copytree(llama_dir, model_dir)
     path = tmp_path / "s"
@@ -407,7 +419,7 @@ def test_session_made_with_another_model(capfd, tmp_path, llama_dir, tokenizer, 
     build_model("gemma3", tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     check_failure(capfd, ["ask", QUESTION, "-s", path, "--device", "cpu"], 4, "fingerprint changed", path)
-    check_failure(capfd, ["learn", doc_file, "-s", path, "--device", "cpu"], 4, "fingerprint changed", path)
+    check_failure(capfd, ["learn", new_doc, "-s", path, "--device", "cpu"], 4, "fingerprint changed", path)
 
 
 def test_other_model_or_strategy_on_an_existing_session(capfd, session, tmp_path, doc_file):
@@ -415,9 +427,9 @@ def test_other_model_or_strategy_on_an_existing_session(capfd, session, tmp_path
     check_failure(capfd, ["learn", doc_file, "-s", session, "--strategy", "ace"], 4, "uses strategy 'ttt'", session)
 
 
-def test_busy_session(capfd, session, doc_file):
+def test_busy_session(capfd, session, new_doc):
     with Session.open(session):
-        check_failure(capfd, ["learn", doc_file, "-s", session, "--device", "cpu"], 4, "session busy", session)
+        check_failure(capfd, ["learn", new_doc, "-s", session, "--device", "cpu"], 4, "session busy", session)
         check_failure(capfd, ["ask", QUESTION, "-s", session, "--device", "cpu"], 4, "session busy", session)
 
 
@@ -425,8 +437,8 @@ def test_empty_question(capfd, session):
     check_failure(capfd, ["ask", "  ", "-s", session, "--device", "cpu"], 3, "question is empty", session)
 
 
-def test_too_many_tokens(capfd, session, doc_file):
-    check_failure(capfd, ["learn", doc_file, "-s", session, "--device", "cpu", "--max-tokens", "5"], 3, "more than --max-tokens 5", session)
+def test_too_many_tokens(capfd, session, new_doc):
+    check_failure(capfd, ["learn", new_doc, "-s", session, "--device", "cpu", "--max-tokens", "5"], 3, "more than --max-tokens 5", session)
 
 
 def test_missing_model(capfd, tmp_path, doc_file):
@@ -504,7 +516,7 @@ def test_learn_then_ask_in_new_processes(tmp_path, llama_dir, doc_file, clslm_ho
         assert result["base_answer"] == s.ask(QUESTION, deltas=False, max_new_tokens=6).text
 
 
-def test_ctrl_c_while_learning_leaves_the_session(capfd, session, doc_file, monkeypatch):
+def test_ctrl_c_while_learning_leaves_the_session(capfd, session, new_doc, monkeypatch):
     from clslm.strategies.ttt import TTT
 
     def interrupted(self, document, on_step=None):
@@ -512,7 +524,7 @@ def test_ctrl_c_while_learning_leaves_the_session(capfd, session, doc_file, monk
 
     monkeypatch.setattr(TTT, "learn", interrupted)
     before = snapshot(session)
-    code, out, err = run(capfd, "learn", doc_file, "-s", session, "--device", "cpu")
+    code, out, err = run(capfd, "learn", new_doc, "-s", session, "--device", "cpu")
     assert code == 130
     assert "interrupted; the session is unchanged" in err and "Traceback" not in err
     assert snapshot(session) == before

@@ -113,7 +113,7 @@ def test_diverging_learning_from_the_cli_changes_nothing(capfd, tmp_path, llama_
     path = tmp_path / "s"
     run_json(capfd, "learn", doc_file, "-s", path, "--model", llama_dir, "--device", "cpu", "--strategy", strategy, *fast_cli_options(strategy))
     request.getfixturevalue("exploding_adamw")
-    check_diverged(capfd, ["learn", doc_file, "-s", path, "--device", "cpu"], path)
+    check_diverged(capfd, ["learn", doc_file, "-s", path, "--device", "cpu", "--again"], path)
     new = tmp_path / "new"
     args = ["learn", doc_file, "-s", new, "--model", llama_dir, "--device", "cpu", "--strategy", strategy, *fast_cli_options(strategy)]
     check_diverged(capfd, args, new)
@@ -206,10 +206,10 @@ def test_an_ace_document_cannot_pass_the_caps_or_write_outside_the_session(capfd
     evil = tmp_path / "evil.txt"
     evil.write_text(INJECTION * 6, encoding="utf-8")
     path = tmp_path / "work" / "s"
-    outside = snapshot(tmp_path)
+    outside = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("home")}
     caps = ["-o", "max_bullets=5", "-o", "max_bullet_chars=60", "-o", "max_ops=3", "-o", "chunk_tokens=64"]
     for _ in range(2):  # a second learn on the full playbook too
-        result = run_json(capfd, "learn", evil, "-s", path, "--model", llama_dir, "--device", "cpu", "--strategy", "ace", *caps)
+        result = run_json(capfd, "learn", evil, "-s", path, "--model", llama_dir, "--device", "cpu", "--strategy", "ace", "--again", *caps)
         extra = result["documents"][0]["extra"]
         assert extra["chunks"] > 3 and extra["invalid_replies"] > 0  # the oversized deltas were refused
 
@@ -221,6 +221,6 @@ def test_an_ace_document_cannot_pass_the_caps_or_write_outside_the_session(capfd
     # Only the session's own files, and nothing new or changed anywhere else.
     assert {p.name for p in path.iterdir()} == {MANIFEST, ".lock", data["state"]["extra"]["file"]}
     assert extra["full"] > 0  # the second learn kept trying to add
-    after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("work")}
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(("work", "home"))}  # home: clslm's caches ($CLSLM_HOME)
     assert after == outside
     assert not Path("/tmp/pwned.txt").exists() and not (tmp_path / "work" / "pwned.txt").exists()

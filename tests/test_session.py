@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clslm import session as session_module
+from clslm import state_files as state_files_module
 from clslm.documents import Document
 from clslm.errors import InputError, SessionBusy, SessionCorrupt, SessionMismatch, SessionNotFound, TrainingDiverged
 from clslm.models import load_model, resolve_model
@@ -114,8 +115,8 @@ def test_nul_in_session_path_is_bad_input():
 
 def test_manifest_is_written_last_and_files_are_content_named(tmp_path, llama_dir, monkeypatch):
     written: list[str] = []
-    real_atomic, real_json = session_module.write_atomic, session_module.write_json_atomic
-    monkeypatch.setattr(session_module, "write_atomic", lambda p, w: (written.append(Path(p).name), real_atomic(p, w))[1])
+    real_atomic, real_json = state_files_module.write_atomic, session_module.write_json_atomic
+    monkeypatch.setattr(state_files_module, "write_atomic", lambda p, w: (written.append(Path(p).name), real_atomic(p, w))[1])
     monkeypatch.setattr(session_module, "write_json_atomic", lambda p, d: (written.append(Path(p).name), real_json(p, d))[1])
     path = tmp_path / "session"
     with new_session(path, llama_dir) as s:

@@ -29,6 +29,7 @@ def learn(
     password: Annotated[Optional[str], typer.Option(help="Password for encrypted PDFs.")] = None,
     max_bytes: Annotated[int, typer.Option(min=1, help="Refuse files larger than this.")] = 50_000_000,
     max_tokens: Annotated[int, typer.Option(min=1, help="Refuse documents longer than this many model tokens.")] = 200_000,
+    again: Annotated[bool, typer.Option("--again", help="Learn a document even when its content is already in the session.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     wait: WaitOpt = 0,
@@ -37,18 +38,18 @@ def learn(
     """Study documents: the strategy's learned state is saved to the session (created on first use)."""
     from ..documents import read_documents
     from ..session import Session
+    from ..session_documents import SHORT_HASH, split_known
 
     options = parse_key_values(option)
     documents = [d for p in paths for d in read_documents(p, text_field=text_field, password=password, max_bytes=max_bytes)]
     with Session.open_or_create(session, model=model, strategy=strategy, options=options, device=device, dtype=dtype, wait=wait) as s:
-        tokens = check_tokens(s, documents, max_tokens)
-        if note := estimate_line(s, tokens):
-            err.line(note)
-        with Reporter(err) as reporter:
-            on_step, on_document = reporter.learner()
-            reports = s.learn(documents, on_step=on_step, on_document=on_document)
-        record(s, reports)
+        documents, known = (documents, []) if again else split_known(s.documents, documents)
+        for document, learned in known:
+            err.line(f"note: {document.name}: already learned (sha256 {learned['sha256'][:SHORT_HASH]}{'' if learned['name'] == document.name else ', as ' + learned['name']}); skipped (--again learns it again)")
+        reports = _learn(s, documents, max_tokens) if documents else []
         result = {"session": str(s.path), "strategy": s.strategy_name, "documents": [asdict(r) for r in reports], "state_bytes": s.state_bytes()}
+    if known:
+        result["skipped"] = [{"name": d.name, "sha256": d.sha256, "learned_as": learned["name"]} for d, learned in known]
     for r in reports:
         warn_if_nothing_learned(r)
     if as_json:
@@ -58,6 +59,18 @@ def learn(
         losses = f"loss {r.loss_before:.3f} → {r.loss_after:.3f}, " if r.loss_before is not None else ""
         out.print(f"learned [bold]{r.name}[/bold]: {r.tokens} tokens, {losses}{r.seconds:.1f} s")
     out.print(f"session {result['session']} ({result['strategy']}): state {result['state_bytes'] / 1e6:.2f} MB")
+
+
+def _learn(s, documents, max_tokens: int):
+    """Learn with progress on stderr, after an estimate of the time when it looks long."""
+    tokens = check_tokens(s, documents, max_tokens)
+    if note := estimate_line(s, tokens):
+        err.line(note)
+    with Reporter(err) as reporter:
+        on_step, on_document = reporter.learner()
+        reports = s.learn(documents, on_step=on_step, on_document=on_document)
+    record(s, reports)
+    return reports
 
 
 def warn_if_nothing_learned(report) -> None:
@@ -101,6 +114,30 @@ def reset(
         out.print(f"reset {session}: declined, nothing forgotten")
     else:
         out.print(f"reset {session}: forgot {count} document(s)")
+
+
+@app.command()
+def forget(
+    document: Annotated[str, typer.Argument(metavar="NAME|HASH", help="The document: its name as `clslm docs` shows it, or its sha256 (the first 4 or more characters).", show_default=False)],
+    *,
+    session: SessionOpt = DEFAULT_SESSION,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    wait: WaitOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget one learned document: its share of the learned state goes, the other documents' stays."""
+    from ..session import Session
+
+    with Session.open(session, device=device, dtype=dtype, wait=wait) as s:
+        forgotten = s.forget(document)
+        result = {"session": str(s.path), "forgotten": [{"name": d["name"], "sha256": d.get("sha256", "")} for d in forgotten], "documents": len(s.documents), "state_bytes": s.state_bytes()}
+    if as_json:
+        emit_json(result)
+        return
+    for d in result["forgotten"]:
+        out.line(f"forgot {d['name']} ({d['sha256'][:12]})")
+    out.line(f"session {result['session']}: {result['documents']} document(s) left, state {result['state_bytes'] / 1e6:.2f} MB")
 
 
 def confirm(prompt: str) -> bool:

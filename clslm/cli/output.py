@@ -55,3 +55,29 @@ def emit_json(data: dict) -> None:
 def count(n: int, word: str) -> str:
     """'1 document', '3 documents'."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def document_lines(documents: list[dict], losses: bool = False) -> list[str]:
+    """A header and one line per document, its full name last so that no width ever cuts it."""
+    widths = {"hash": 12, "tokens": 7, "size": 14, **({"loss before → after": 19} if losses else {}), "seconds": 7, "learned at": 25}
+    lines = [_cells(widths, {k: k for k in widths}) + "  document"]
+    for d in documents:
+        cells = {
+            "hash": d.get("sha256", "")[:12] or "-",
+            "tokens": str(d["tokens"]),
+            "size": "-" if d.get("characters") is None else f"{d['characters']:,} chars",
+            "loss before → after": _losses(d),
+            "seconds": f"{d['seconds']:.1f}",
+            "learned at": d.get("learned_at") or "-",
+        }
+        lines.append(_cells(widths, cells) + f"  {d['name']}")
+    return lines
+
+
+def _cells(widths: dict[str, int], cells: dict[str, str]) -> str:
+    return "  ".join(f"{cells[k]:<{w}}" for k, w in widths.items())
+
+
+def _losses(d: dict) -> str:
+    before, after = d.get("loss_before"), d.get("loss_after")
+    return "-" if before is None and after is None else " → ".join("-" if x is None else f"{x:.3f}" for x in (before, after))

@@ -6,9 +6,11 @@ from rich.console import Console
 
 from ..documents import read_documents
 from ..errors import ClslmError
+from ..session_documents import split_known
+from .output import document_lines
 from .progress import Reporter
 
-HELP = "Type a question, or :learn PATH, :reset, :info, :base QUESTION (deltas off), :quit"
+HELP = "Type a question, or :learn PATH, :forget NAME|HASH, :reset, :info, :base QUESTION (deltas off), :quit"
 
 
 def run_repl(session, *, first_document: str | None, console: Console, errors: Console, max_new_tokens: int = 64, read=input) -> None:
@@ -40,9 +42,11 @@ def _handle(session, line: str, console: Console, errors: Console, max_new_token
     elif command == ":reset":
         session.reset()
         console.print("forgot everything learned")
+    elif command == ":forget":
+        for d in session.forget(argument.strip()):
+            console.print(f"forgot {d['name']}", markup=False, highlight=False)
     elif command == ":info":
-        info = session.info()
-        console.print(f"{info['strategy']['name']} on {info['model']['ref']}: {len(info['documents'])} document(s), {info['state_bytes'] / 1e6:.2f} MB")
+        _info(session, console)
     elif command == ":base":
         console.print(f"[bold]base:[/bold] {session.ask(argument, deltas=False, max_new_tokens=max_new_tokens).text}", highlight=False)
     elif command.startswith(":"):
@@ -53,8 +57,20 @@ def _handle(session, line: str, console: Console, errors: Console, max_new_token
         errors.print(f"[dim]{answer.prompt_tokens} prompt tokens, {answer.seconds:.2f} s[/dim]")
 
 
+def _info(session, console: Console) -> None:
+    """The session in one line, then its documents (hash, tokens, size, when, full name)."""
+    info = session.info()
+    console.print(f"{info['strategy']['name']} on {info['model']['ref']}: {len(info['documents'])} document(s), {info['state_bytes'] / 1e6:.2f} MB")
+    for line in document_lines(info["documents"]) if info["documents"] else []:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _learn(session, path: str, console: Console, errors: Console) -> None:
-    documents = read_documents(path)
+    documents, known = split_known(session.documents, read_documents(path))
+    for document, learned in known:
+        errors.print(f"note: {document.name}: already learned (as {learned['name']}); skipped", markup=False, highlight=False, soft_wrap=True)
+    if not documents:
+        return
     with Reporter(errors) as reporter:
         on_step, on_document = reporter.learner()
         reports = session.learn(documents, on_step=on_step, on_document=on_document)

@@ -1,14 +1,12 @@
-"""`clslm info` and `clslm strategies`: what a session holds, what strategies there are."""
+"""`clslm info`, `clslm docs` and `clslm strategies`: what a session holds, what strategies there are."""
 
 from __future__ import annotations
-
-from rich.table import Table
 
 from .. import registry
 from ..errors import ClslmError
 from ..paths import DEFAULT_SESSION
 from .app import JsonOpt, SessionOpt, app
-from .output import emit_json, out
+from .output import document_lines, emit_json, out
 
 
 @app.command()
@@ -24,12 +22,23 @@ def info(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> 
     out.print(f"model     {data['model']['ref']} ({data['model']['kind']}, {data['model']['fingerprint'][:12]})")
     out.print(f"strategy  {data['strategy']['name']}  " + " ".join(f"{k}={v}" for k, v in data["strategy"]["config"].items()))
     out.print(f"state     {data['state_bytes'] / 1e6:.2f} MB")
-    table = Table("document", "tokens", "loss before → after", "seconds", "learned at", box=None)
-    for d in data["documents"]:
-        before, after = d.get("loss_before"), d.get("loss_after")
-        loss = "-" if before is None and after is None else " → ".join("-" if x is None else f"{x:.3f}" for x in (before, after))
-        table.add_row(d["name"], str(d["tokens"]), loss, f"{d['seconds']:.1f}", d.get("learned_at", ""))
-    out.print(table if data["documents"] else "documents none yet")
+    for line in document_lines(data["documents"], losses=True) if data["documents"] else ["documents none yet"]:
+        out.line(line)
+
+
+@app.command()
+def docs(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> None:
+    """List the documents a session learned: hash, tokens, size, when, full name (`clslm forget` takes either)."""
+    from ..session import Session
+
+    s = Session.open(session)
+    keys = ("name", "sha256", "tokens", "characters", "learned_at", "seconds", "encoding")
+    documents = [{k: d[k] for k in keys if k in d} for d in s.documents]
+    if as_json:
+        emit_json({"session": str(s.path), "strategy": s.strategy_name, "documents": documents})
+        return
+    for line in document_lines(documents) if documents else [f"{s.path}: no documents learned yet"]:
+        out.line(line)
 
 
 @app.command()

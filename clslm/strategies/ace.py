@@ -389,6 +389,11 @@ class Ace(Strategy):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.playbook = Playbook.from_dict(state.get("playbook"), self.config.max_bullets, self.config.max_bullet_chars)
 
+    def forget(self, documents: list[dict[str, Any]], position: int) -> None:
+        """Drop the bullets the document wrote last (a bullet a later document updated is that one's)."""
+        sha256 = documents[position].get("sha256")
+        self.playbook.bullets = [b for b in self.playbook.bullets if b["doc"] != sha256]
+
     def describe(self) -> dict[str, Any]:
         return {"backend": backend_name(self.config), "bullets": len(self.playbook.bullets), "documents": len({b["doc"] for b in self.playbook.bullets})}
 

@@ -195,6 +195,15 @@ class Strategy(ABC):
         """A few facts for `clslm info`."""
         return {}
 
+    def forget(self, documents: list[dict[str, Any]], position: int) -> None:
+        """Remove from this strategy's state what learning documents[position] added (`clslm forget`).
+
+        `documents` are the learn reports of every document learned so far, in learn order, as the session
+        saved them (LearnReport fields; `extra` holds what the strategy reported), so a strategy can find a
+        document's share of its state. The session drops the report and saves afterwards.
+        """
+        raise InputError(f"{self.name}: cannot forget one document; `clslm reset` forgets every document")
+
     # ---- export (`clslm export`, docs/export.md) ----------------------------------------------------
     def export_merged(self) -> Merged:
         """What was learned folded into the model's own weights, as a plain transformers model.

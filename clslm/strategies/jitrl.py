@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..generation import chat_prompt, count_tokens, user_message
 from .anatomy import decoder_layers
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .forgetting import cannot, drop_front, reported_counts, reported_rows, share
 from .gating import general_corpus
 from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
@@ -232,6 +233,16 @@ class JitrlMVP(Strategy):
     def describe(self) -> dict:
         return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}
 
+    def forget(self, documents: list[dict], position: int) -> None:
+        """Drop the document's chunks; its routing keys go with them (rebuilt if a namesake stays)."""
+        chunks = share(reported_counts(self.name, documents, "chunks", len(self.chunks)), position)
+        name = documents[position]["name"]
+        del self.chunks[chunks.start : chunks.stop]
+        self._index = None
+        self.keys.pop(name, None)
+        if any(c["document"] == name for c in self.chunks):
+            self.keys[name] = self._keys_from_chunks(name)
+
 
 # ---- jitrl-full --------------------------------------------------------------------------------
 
@@ -287,6 +298,7 @@ class JitrlFull(Strategy):
         self.next_ids = torch.empty(0, dtype=torch.long)
         self.center: torch.Tensor | None = None  # made at the first learn, saved with the store
         self._search = None  # (keys in float32 on the model's device, next ids there), made at the first ask
+        self.rows: list[int] | None = []  # rows in the store per document, in learn order (None: not saved)
         self._hidden = None
         # Records only: the layer's output is passed on unchanged, so the forward is the base model's.
         layers[self.layer_index].register_forward_hook(self._capture)
@@ -333,6 +345,8 @@ class JitrlFull(Strategy):
         self._hidden = None
         added = sum(len(n) for n in nexts)
         dropped = self._append(torch.cat(keys), torch.cat(nexts))
+        if self.rows is not None:
+            self.rows = drop_front([*self.rows, added], dropped)
         return _report(document, self.tokenizer, start, rows=added, store_rows=len(self.next_ids), dropped=dropped, layer=self.layer_index)
 
     def _general_center(self) -> torch.Tensor:
@@ -412,6 +426,27 @@ class JitrlFull(Strategy):
         if keys.ndim != 2 or nexts.shape != (keys.shape[0],) or center.shape != (self.model.get_input_embeddings().embedding_dim,):
             raise InputError("jitrl-full: saved store has inconsistent shapes")
         self.keys, self.next_ids, self.center, self._search = keys.half(), nexts.long(), center.float(), None
+        if self.rows is not None and sum(self.rows) != len(self.next_ids):  # saved without rows per document
+            self.rows = None
+
+    def forget(self, documents: list[dict], position: int) -> None:
+        """Drop the document's rows from the store."""
+        rows = self.rows if self.rows is not None else reported_rows(self.name, documents)
+        if len(rows) != len(documents) or sum(rows) != len(self.next_ids):
+            raise cannot(self.name, "the store's rows do not add up to its documents'")
+        span, keep = share(rows, position), torch.ones(len(self.next_ids), dtype=torch.bool)
+        keep[span.start : span.stop] = False
+        self.keys, self.next_ids, self._search = self.keys[keep].contiguous(), self.next_ids[keep].contiguous(), None
+        self.rows = rows[:position] + rows[position + 1 :]
+
+    def extra_state(self) -> dict:
+        return {"rows": self.rows} if len(self.next_ids) and self.rows is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        rows = state.get("rows")
+        if rows is not None and not (isinstance(rows, list) and all(type(n) is int and n >= 0 for n in rows)):
+            raise ValueError("rows must be a list of whole numbers from 0")
+        self.rows = rows
 
     def describe(self) -> dict:
         return {"rows": len(self.next_ids), "layer": self.layer_index, "width": self.keys.shape[1], "mb": round(self.keys.nbytes / 1e6, 2)}

@@ -29,6 +29,7 @@ from torch import nn
 from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .forgetting import reported_counts, share
 from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import best_matches
@@ -340,6 +341,15 @@ class TTT(Strategy):
                 base = key_prefix(self.model, dual) + f"ttt_patches.{j}."
                 dual.ttt_patches.append(NeuronPatch(tensors[base + "index"], weight.shape[0], 1.0, weight.dtype).to(weight.device))
         super().load_state_dict(tensors)
+
+    def forget(self, documents: list[dict], position: int) -> None:
+        """Drop the document's parts: their neuron patches in every layer and their router keys."""
+        parts = share(reported_counts(self.name, documents, "parts", self.documents_learned, default=1), position)
+        for dual in self.dual_mlps().values():
+            for j in reversed(parts):
+                del dual.ttt_patches[j]
+        if self.keys:  # sessions from before routing have none
+            del self.keys[parts.start : parts.stop]
 
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "parts": self.documents_learned, "neurons": sum(p.index.numel() for d in self.dual_mlps().values() for p in d.ttt_patches)}

@@ -26,8 +26,11 @@ import torch
 from torch import nn
 
 from ..documents import Document
+from ..errors import InputError
+from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
+from .forgetting import cannot
 from .router import THRESHOLD as ROUTE_THRESHOLD
 from .router import DocumentKeys
 from .router import matches_any
@@ -35,6 +38,7 @@ from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss
 
 PREFIX = "fast_weight"
+CHANGE = "fast_weight_change."  # + document.layer: one document's change to W at one layer (saved)
 
 
 @dataclass
@@ -116,6 +120,9 @@ class TTTLinear(Strategy):
             blocks[i].mlp = FastLinearMLP(gated_mlp(blocks[i]), width)
         self.keys: list[DocumentKeys] = []
         self.anchors: list[torch.Tensor] = []
+        # Each document's change to the fast weights, per layer; W is their sum (so one can be forgotten).
+        # None: a session saved before they were kept (its W alone).
+        self.changes: list[list[torch.Tensor]] | None = []
 
     def fast_layers(self) -> list[FastLinearMLP]:
         blocks = decoder_layers(self.model)
@@ -152,6 +159,7 @@ class TTTLinear(Strategy):
         )  # fmt: skip
         loss_after = mean_loss(probe, lambda b: loss_fn(b, masked=False))
         moved = sum(float((m.fast_weight - w0).norm()) for m, w0 in zip(self.fast_layers(), self.anchors))
+        self._keep_change()
         return LearnReport(
             name=document.name,
             sha256=document.sha256,
@@ -186,19 +194,59 @@ class TTTLinear(Strategy):
             for m in self.fast_layers():
                 m.route = True
 
+    # ---- each document's change, forgetting one ---------------------------------------------------
+    def _keep_change(self) -> None:
+        """Record this learn's change to W, then set W to the sum of the changes (what a reload rebuilds)."""
+        if self.changes is None:
+            return
+        self.changes.append([(m.fast_weight - w0).detach().clone() for m, w0 in zip(self.fast_layers(), self.anchors)])
+        self._sum_changes()
+
+    def _sum_changes(self) -> None:
+        with torch.no_grad():
+            for i, m in enumerate(self.fast_layers()):
+                m.fast_weight.copy_(sum((c[i] for c in self.changes), torch.zeros_like(m.fast_weight)))
+
+    def forget(self, documents: list[dict], position: int) -> None:
+        """W loses the document's change and its router keys go. The other documents' changes were learned
+        on top of it, so their answers may shift a little (W is shared, not routed per document)."""
+        if self.changes is None and len(documents) > 1:
+            raise cannot(self.name, "it was learned before clslm kept each document's change to the fast weights")
+        self.changes = [c for i, c in enumerate(self.changes or []) if i != position]
+        del self.keys[position]
+        self._sum_changes()
+
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return super().state_dict() if self.keys else {}
+        if not self.keys:
+            return {}
+        if self.changes is None:
+            return super().state_dict()
+        return {f"{CHANGE}{d}.{i}": w.cpu().contiguous() for d, change in enumerate(self.changes) for i, w in enumerate(change)}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            super().load_state_dict(tensors)
+        if not tensors or self.changes is None:
+            return super().load_state_dict(tensors) if tensors else None
+        expected = set(self.state_dict())
+        if set(tensors) != expected:
+            raise InputError(f"{self.name}: saved changes {sorted(set(tensors) ^ expected)[:2]} do not fit the model")
+        device = self.fast_layers()[0].fast_weight.device
+        self.changes = [[tensors[f"{CHANGE}{d}.{i}"].float().to(device) for i in range(len(change))] for d, change in enumerate(self.changes)]
+        self._sum_changes()
 
     def extra_state(self) -> dict:
-        return {"keys": [k.to_json() for k in self.keys]} if self.keys else {}
+        changes = {} if self.changes is None else {"changes": len(self.changes)}
+        return {"keys": [k.to_json() for k in self.keys]} | changes if self.keys else {}
 
     def load_extra_state(self, state: dict) -> None:
         self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+        count = state.get("changes")
+        if count is None:  # saved before each document's change was kept: W alone
+            self.changes = None if self.keys else []
+            return
+        if not (is_int(count) and count == len(self.keys)):
+            raise ValueError(f"changes must be the number of documents ({len(self.keys)}), not {count!r}")
+        self.changes = [[torch.zeros_like(m.fast_weight) for m in self.fast_layers()] for _ in range(count)]  # filled by load_state_dict
 
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "documents": len(self.keys), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}

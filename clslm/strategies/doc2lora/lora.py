@@ -47,6 +47,15 @@ def rank(factors: Factors) -> int:
     return ranks.pop() if ranks else 0
 
 
+def zeros(base, names: list[str]) -> Factors:
+    """Rank-1 factors with B = 0 on `names`: an adapter that changes nothing."""
+    out = {}
+    for name in names:
+        weight = base.get_submodule(name).weight
+        out[name] = (weight.new_zeros(1, weight.shape[1]), weight.new_zeros(weight.shape[0], 1))
+    return out
+
+
 def concat(parts: list[Factors]) -> Factors:
     """The sum of the parts' deltas, exactly: factors stacked along the rank."""
     names = sorted({name for part in parts for name in part})

@@ -32,6 +32,7 @@ from ...errors import InputError, SessionMismatch
 from ...models import file_sha256
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from ..forgetting import cannot
 from ..router import THRESHOLD as ROUTE_THRESHOLD
 from ..router import DocumentKeys
 from ..router import best_matches
@@ -281,6 +282,16 @@ class Doc2LoRA(Strategy):
         self.documents = list(state.get("documents", []))
         self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
         self.hypernet_sha256 = (state.get("hypernet") or {}).get("sha256")
+
+    def forget(self, documents: list[dict], position: int) -> None:
+        """Drop the document's own LoRA and router keys; the session's LoRA becomes that of the others."""
+        if len(self.doc_factors) < len(self.documents) and len(self.documents) > 1:
+            raise cannot(self.name, "it was learned before clslm kept each document's own LoRA")
+        for kept in (self.documents, self.keys, self.doc_factors):
+            if position < len(kept):
+                del kept[position]
+        self.factors = self._session_of(self.doc_factors) if self.doc_factors else {}
+        lora.install(self.model, self.factors or lora.zeros(lora.unwrap(self.model), self.names))
 
     def export_notes(self) -> list[str]:
         c, n = self.config, len(self.documents)
