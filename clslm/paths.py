@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import InputError
+
 DEFAULT_SESSION = Path("sessions") / "default"
 
 
@@ -16,3 +18,11 @@ def clslm_home() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("clslm"))
+
+
+def session_path(path: str | Path) -> Path:
+    """A --session value as a Path; a NUL byte in it is bad input."""
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise InputError("session path contains a NUL byte")
+    return Path(text)

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import datetime as dt
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +14,11 @@ from typing import Any
 from . import __version__, registry
 from .atomic import crash_point, is_temp, write_json_atomic
 from .documents import Document
+from .paths import session_path
 from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
 from .manifest import FORMAT_VERSION, checked_config, config_problem, read_committed, read_manifest, strict_numbers, upgrade
-from .state_files import load_extra, load_extra_into, load_into, load_tensors, read_blob, write_blob
+from .state_files import check_finite, load_extra, load_extra_into, load_into, load_tensors, read_blob, write_blob
 from .models import DEFAULT_MODEL, ModelSource, load_model, resolve_model, resolve_recorded
 from .session_documents import find as find_documents
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
@@ -50,7 +50,7 @@ class Session:
     @classmethod
     def create(cls, path: str | Path, *, model: str = DEFAULT_MODEL, strategy: str = "ttt", options: dict[str, str] | None = None, **kw) -> "Session":
         """A new, empty session (written to disk at the first save)."""
-        path = _check_path(path)
+        path = session_path(path)
         if (path / MANIFEST).exists():
             raise SessionMismatch(f"{path}: a session already exists here")
         config = checked_config(parse_options(registry.get(strategy).Config, options or {}))
@@ -71,7 +71,7 @@ class Session:
     @classmethod
     def open(cls, path: str | Path, **kw) -> "Session":
         """An existing session; SessionNotFound / SessionCorrupt otherwise."""
-        path = _check_path(path)
+        path = session_path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise SessionNotFound(f"{path}: no session here (run `clslm learn` first, or pass --session)")
@@ -80,7 +80,7 @@ class Session:
     @classmethod
     def open_or_create(cls, path: str | Path, *, model: str | None = None, strategy: str | None = None, options: dict[str, str] | None = None, **kw) -> "Session":
         """Open PATH if it holds a session (checking --model/--strategy agree), else create it."""
-        path = _check_path(path)
+        path = session_path(path)
         if not (path / MANIFEST).exists():
             session = cls.create(path, model=model or DEFAULT_MODEL, strategy=strategy or "ttt", options=options, **kw)
             session._new = "open"
@@ -91,13 +91,24 @@ class Session:
         return session
 
     def _apply(self, *, model: str | None, strategy: str | None, options: dict[str, str] | None) -> None:
+        if strategy and strategy != self.strategy_name and not self.documents:
+            self.change_strategy(strategy)  # nothing learned yet: the session may take another strategy
         self.check_matches(model=model, strategy=strategy)
         if options:
             self.set_options(options)
 
+    def change_strategy(self, strategy: str) -> None:
+        """Use `strategy` (default options) from now on; only with nothing learned (reset, or a new session)."""
+        if self.documents:
+            raise SessionMismatch(f"{self.path}: cannot change the strategy of a session with documents learned")
+        config = checked_config(parse_options(registry.get(strategy).Config, {}))
+        self.manifest["strategy"] = {"name": strategy, "config": asdict(config)}
+        self.manifest["state"], self._strategy = {"tensors": None, "extra": None}, None
+
     def check_matches(self, *, model: str | None = None, strategy: str | None = None) -> None:
         if strategy and strategy != self.strategy_name:
-            raise SessionMismatch(f"{self.path}: session uses strategy {self.strategy_name!r}, not {strategy!r} (use another --session, or `clslm reset`)")
+            start_over = f"`clslm reset --strategy {strategy} -s {self.path}` forgets its {len(self.documents)} document(s) and switches"
+            raise SessionMismatch(f"{self.path}: session uses strategy {self.strategy_name!r}, not {strategy!r}; {start_over}, or use another --session")
         if model and model != self.model_ref and not self._same_model(model):
             raise SessionMismatch(f"{self.path}: session was made with model {self.model_ref!r}, not {model!r}")
 
@@ -301,11 +312,15 @@ class Session:
         with strategy.disabled():
             return strategy.answer(question, max_new_tokens=max_new_tokens)
 
-    def reset(self) -> None:
-        """Forget everything learned; keep model and strategy settings."""
+    def reset(self, strategy: str | None = None, options: dict[str, str] | None = None) -> None:
+        """Forget everything learned; keep the model, and the strategy and its settings unless given new ones."""
         self.manifest["documents"] = []
         self.manifest["state"] = {"tensors": None, "extra": None}
         self._strategy = None
+        if strategy and strategy != self.strategy_name:
+            self.change_strategy(strategy)
+        if options:
+            self.set_options(options)
         self._commit()
 
     def export(self, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False):
@@ -323,7 +338,7 @@ class Session:
         """Write state files (content-named), then the manifest as the commit point, then prune."""
         strategy = self.strategy()
         tensors = strategy.state_dict()
-        _check_finite(tensors)
+        check_finite(tensors)
         extra = strategy.extra_state()
         self.manifest["state"] = {
             "tensors": self._write_tensors(tensors) if tensors else None,
@@ -380,17 +395,3 @@ class Session:
             if (unused or is_temp(path)) and path.is_file():
                 path.unlink(missing_ok=True)
 
-
-def _check_path(path: str | Path) -> Path:
-    text = os.fspath(path)
-    if "\x00" in text:
-        raise InputError("session path contains a NUL byte")
-    return Path(text)
-
-
-def _check_finite(tensors: dict[str, Any]) -> None:
-    import torch
-
-    for name, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise TrainingDiverged(f"learned state {name} is not finite; nothing was saved")

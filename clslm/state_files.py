@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
-from .errors import ClslmError, SessionCorrupt
+from .errors import ClslmError, SessionCorrupt, TrainingDiverged
 
 MAX_DEPTH = 64  # clslm writes at most 6 levels (routing keys: sentences of [term, weight] pairs)
 MAX_MANIFEST_BYTES = 64 * 2**20  # about 200,000 documents
@@ -59,6 +59,15 @@ def read_blob(directory: Path, entry: dict[str, Any]) -> bytes:
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise SessionCorrupt(f"{path}: state file is truncated or altered (size/sha256 mismatch)")
     return data
+
+
+def check_finite(tensors: dict[str, Any]) -> None:
+    """Learned tensors about to be saved: a non-finite one is divergence (nothing is saved)."""
+    import torch
+
+    for name, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingDiverged(f"learned state {name} is not finite; nothing was saved")
 
 
 def _no_constant(name: str) -> Any:

@@ -176,3 +176,39 @@ def test_cli_forget_errors(capfd, tmp_path, llama_dir):
     check_failure(capfd, ["forget", "x", "-s", tmp_path / "none"], 4, "no session here", tmp_path / "none")
     with Session.open(path):
         check_failure(capfd, ["forget", "kessenbrock.txt", "-s", path], 4, "session busy", path)
+
+
+# ---- changing strategy, asking an empty session (issue 23, item 3) ---------------------------------------
+
+
+def test_reset_strategy_switches_and_the_hint_names_it(capfd, tmp_path, llama_dir, doc_file):
+    path = tmp_path / "s"
+    learned(path, llama_dir, "ttt", [A])
+    common = ["-s", path, "--device", "cpu"]
+    line = check_failure(capfd, ["learn", doc_file, *common, "--strategy", "jitrl-mvp"], 4, "uses strategy 'ttt', not 'jitrl-mvp'", path)
+    assert f"clslm reset --strategy jitrl-mvp -s {path}" in line
+    result = run_json(capfd, "reset", "--yes", "--strategy", "jitrl-mvp", "-o", "k=2", "-s", path)
+    assert result == {"session": str(path), "forgotten_documents": 1, "strategy": "jitrl-mvp"}
+    data = json.loads((path / MANIFEST).read_text())
+    assert data["strategy"]["name"] == "jitrl-mvp" and data["strategy"]["config"]["k"] == 2 and data["documents"] == []
+    learned_now = run_json(capfd, "learn", doc_file, *common, "--strategy", "jitrl-mvp")  # the hint's command works
+    assert learned_now["strategy"] == "jitrl-mvp" and len(learned_now["documents"]) == 1
+
+
+def test_an_empty_session_takes_another_strategy_at_its_next_learn(capfd, tmp_path, llama_dir, doc_file):
+    path = tmp_path / "s"
+    learned(path, llama_dir, "ttt", [A])
+    run_json(capfd, "reset", "--yes", "-s", path)
+    result = run_json(capfd, "learn", doc_file, "-s", path, "--device", "cpu", "--strategy", "jitrl-full")
+    assert result["strategy"] == "jitrl-full" and json.loads((path / MANIFEST).read_text())["strategy"]["name"] == "jitrl-full"
+
+
+def test_asking_an_empty_session_says_so(capfd, tmp_path, llama_dir):
+    path = tmp_path / "s"
+    learned(path, llama_dir, "ttt", [A])
+    run_json(capfd, "reset", "--yes", "-s", path)
+    code, out, err = run(capfd, "ask", QUESTIONS[0], "-s", path, "--device", "cpu", "--max-new-tokens", "3", "--json")
+    assert code == 0 and json.loads(out)["deltas"] is True
+    assert "nothing learned" in err and "base model's answer" in err
+    code, _, err = run(capfd, "ask", QUESTIONS[0], "-s", path, "--device", "cpu", "--max-new-tokens", "3", "--no-deltas")
+    assert code == 0 and "nothing learned" not in err

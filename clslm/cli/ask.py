@@ -30,6 +30,8 @@ def ask(
     from ..session import Session
 
     with Session.open(session, device=device, dtype=dtype, wait=wait) as s:
+        if not s.documents and not no_deltas:
+            err.line(f"note: nothing learned in {s.path} yet: this is the base model's answer (`clslm learn PATH` first)")
         answer = s.ask(question, deltas=not no_deltas, max_new_tokens=max_new_tokens)
         base = s.ask(question, deltas=False, max_new_tokens=max_new_tokens) if compare_base and not no_deltas else None
         strategy, model = s.strategy_name, s.model_ref

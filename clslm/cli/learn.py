@@ -11,7 +11,7 @@ import typer
 from ..errors import InputError
 from ..options import parse_key_values
 from ..paths import DEFAULT_SESSION
-from .app import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OptionsOpt, SessionOpt, StrategyOpt, WaitOpt, app
+from .app import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OptionsOpt, SessionOpt, StrategyOpt, WaitOpt, app, check_strategy
 from .estimate import estimate_line, record
 from .output import emit_json, err, out
 from .progress import Reporter
@@ -96,24 +96,28 @@ def check_tokens(s, documents, max_tokens: int) -> int:
 def reset(
     *,
     session: SessionOpt = DEFAULT_SESSION,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", callback=check_strategy, help="Start over with this strategy (its default options, or -o).", show_default=False)] = None,
+    option: OptionsOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     wait: WaitOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Forget everything learned; keep the session's model and strategy settings."""
+    """Forget everything learned; keep the session's model, and its strategy and settings unless --strategy or -o."""
     from ..session import Session
 
+    options = parse_key_values(option)
     with Session.open(session, wait=wait) as s:
-        count = len(s.documents)
-        declined = not yes and not confirm(f"Forget the {count} document(s) learned in {s.path}? [y/N]: ")
+        count, switch = len(s.documents), f" and switch to strategy {strategy}" if strategy and strategy != s.strategy_name else ""
+        declined = not yes and not confirm(f"Forget the {count} document(s) learned in {s.path}{switch}? [y/N]: ")
         if not declined:
-            s.reset()
+            s.reset(strategy, options)
+        now = s.strategy_name
     if as_json:
-        emit_json({"session": str(session), "forgotten_documents": 0, "declined": True} if declined else {"session": str(session), "forgotten_documents": count})
+        emit_json({"session": str(session), "forgotten_documents": 0, "declined": True} if declined else {"session": str(session), "forgotten_documents": count} | ({"strategy": now} if switch else {}))
     elif declined:
         out.print(f"reset {session}: declined, nothing forgotten")
     else:
-        out.print(f"reset {session}: forgot {count} document(s)")
+        out.print(f"reset {session}: forgot {count} document(s){'; strategy ' + now if switch else ''}")
 
 
 @app.command()
