@@ -129,3 +129,30 @@ def test_estimate_falls_back_to_the_strategys_figure_on_the_default_model():
     line = estimate_line(Default(), 9338)
     assert line.startswith("estimate: ~") and "9,338 tokens with ttt (measured on smollm2-135m, 2 CPU cores)" in line
     assert estimate_line(Default(), 10) is None  # under half a minute: nothing to say
+
+
+# ---- the REPL's line editing and history (issue 23, item 6) -------------------------------------------
+
+
+def test_repl_history_is_kept_across_runs(clslm_home):
+    import pytest
+
+    readline = pytest.importorskip("readline")
+    from clslm.cli.repl import HISTORY, line_editing
+
+    readline.clear_history()
+    with line_editing(True):
+        readline.add_history("Who built the Kessenbrock Light?")
+    assert "Who built the Kessenbrock Light?" in (clslm_home / HISTORY).read_text(encoding="utf-8")
+    readline.clear_history()
+    with line_editing(True):  # the next REPL starts with it: ↑ brings it back
+        assert readline.get_history_item(readline.get_current_history_length()) == "Who built the Kessenbrock Light?"
+    readline.clear_history()
+
+
+def test_repl_without_a_terminal_keeps_no_history(clslm_home):
+    from clslm.cli.repl import HISTORY, line_editing
+
+    with line_editing(False):
+        pass
+    assert not (clslm_home / HISTORY).exists()

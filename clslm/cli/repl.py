@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 from rich.console import Console
 
 from ..documents import read_documents
 from ..errors import ClslmError
+from ..paths import clslm_home
 from ..session_documents import split_known
 from .output import document_lines
 from .progress import Reporter
 
+HISTORY = "repl-history"  # in $CLSLM_HOME: the questions and commands typed, one per line
+HISTORY_LENGTH = 1000
 HELP = "Type a question, or :learn PATH, :forget NAME|HASH, :reset, :info, :base QUESTION (deltas off), :quit"
 
 
@@ -17,19 +24,43 @@ def run_repl(session, *, first_document: str | None, console: Console, errors: C
     if first_document:
         _learn(session, first_document, console, errors)
     console.print(HELP)
-    while True:
-        try:
-            line = read("clslm> ").strip()
-        except EOFError:
-            break
-        if not line:
-            continue
-        if line in (":quit", ":q", ":exit"):
-            break
-        try:
-            _handle(session, line, console, errors, max_new_tokens)
-        except ClslmError as e:
-            errors.print(f"[red]error:[/red] {e}")
+    with line_editing(read is input and sys.stdin is not None and sys.stdin.isatty()):
+        while True:
+            try:
+                line = read("clslm> ").strip()
+            except EOFError:
+                break
+            if not line:
+                continue
+            if line in (":quit", ":q", ":exit"):
+                break
+            try:
+                _handle(session, line, console, errors, max_new_tokens)
+            except ClslmError as e:
+                errors.print(f"[red]error:[/red] {e}")
+
+
+@contextlib.contextmanager
+def line_editing(enabled: bool) -> Iterator[None]:
+    """Line editing and ↑/↓ history for input() at a terminal (stdlib readline, where Python has it), the
+    history kept in $CLSLM_HOME/repl-history across sessions of the REPL."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input()
+        enabled = False
+    if not enabled:
+        yield
+        return
+    path = clslm_home() / HISTORY
+    with contextlib.suppress(OSError):
+        readline.read_history_file(path)
+    readline.set_history_length(HISTORY_LENGTH)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
 
 
 def _handle(session, line: str, console: Console, errors: Console, max_new_tokens: int) -> None:
