@@ -34,10 +34,12 @@ def answer_nll(model, tokenizer, question: str, answer: str, *, context: str = "
 def _stepwise(model, prompt_ids, target: list[int], processors: list) -> float:
     import torch
 
+    from .strategies.anatomy import cache_kwarg, cache_of
+
     seen, step, past, total = prompt_ids, prompt_ids, None, 0.0
     for token in target:
-        output = model(input_ids=step, past_key_values=past, use_cache=True)
-        past = output.past_key_values
+        output = model(input_ids=step, use_cache=True, **(cache_kwarg(model, past) if past is not None else {}))
+        past = cache_of(output)
         scores = output.logits[:, -1, :].float()
         for processor in processors:
             scores = processor(seen, scores)

@@ -156,3 +156,41 @@ def test_repl_without_a_terminal_keeps_no_history(clslm_home):
     with line_editing(False):
         pass
     assert not (clslm_home / HISTORY).exists()
+
+
+# ---- fast paths (issue 23, item 5) -------------------------------------------------------------------
+
+
+def test_strategies_lists_from_its_cache_without_torch(clslm_home):
+    import subprocess
+    import sys
+
+    from test_cli import REPO, subprocess_env
+
+    command = [sys.executable, "-X", "importtime", "-m", "clslm", "strategies", "--json"]
+    first, second = (subprocess.run(command, capture_output=True, text=True, env=subprocess_env(clslm_home), cwd=REPO, timeout=300) for _ in range(2))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in second.stderr.splitlines() if line.startswith("import time:")}
+    assert "clslm" in imported and not {"torch", "transformers"} & imported
+    assert len(list(clslm_home.glob("strategies-*.json"))) == 1
+
+
+def test_the_cached_rows_are_the_classes_rows(clslm_home):
+    from clslm import registry
+    from clslm.cli.listing import read_row, strategy_rows
+
+    assert strategy_rows() == strategy_rows() == [read_row(name) for name in registry.names()]
+
+
+def test_the_router_analyses_words_as_scikit_learn_does():
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+    from clslm.strategies import stop_words
+    from clslm.strategies.router import analyze
+
+    assert stop_words.ENGLISH_STOP_WORDS == ENGLISH_STOP_WORDS
+    sklearn_analyze = TfidfVectorizer(stop_words="english").build_analyzer()
+    texts = ["Who built the Kessenbrock Light?", "Ünïcode wörds, l'été, 41 metres; a b c d_e x2 ÆØÅ. Its tower is 41 m tall!", "## Heading\nThe Tarrow-Spit (1793) — done."]
+    for text in texts:
+        assert analyze(text) == sklearn_analyze(text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .. import registry
-from ..errors import ClslmError
 from ..paths import DEFAULT_SESSION
 from .app import JsonOpt, SessionOpt, app
 from .output import document_lines, emit_json, out
@@ -44,18 +42,9 @@ def docs(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> 
 @app.command()
 def strategies(as_json: JsonOpt = False) -> None:
     """List strategies, their -o options with defaults, and their presets (-o preset=NAME)."""
-    import dataclasses
+    from .listing import strategy_rows
 
-    rows = []
-    for name in registry.names():
-        try:
-            cls = registry.get(name)
-        except ClslmError:
-            rows.append({"name": name, "available": False, "summary": "not implemented yet", "options": {}})
-            continue
-        options = {f.name: f.default for f in dataclasses.fields(cls.Config)}
-        presets = getattr(cls.Config, "PRESETS", {})
-        rows.append({"name": name, "available": True, "summary": cls.summary, "paper": cls.paper, "options": options, "presets": presets})
+    rows = strategy_rows()
     if as_json:
         emit_json({"strategies": rows})
         return

@@ -11,12 +11,14 @@ document is about scores high. Hidden-state similarity does not separate the two
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
 from ..documents import split_sentences
+from .stop_words import ENGLISH_STOP_WORDS
 
 # Zipf frequency is log10 of occurrences per billion words: about 7.7 for "the", 0 for a word never seen.
 COMMONEST = 8.0
@@ -26,11 +28,13 @@ COMMONEST = 8.0
 THRESHOLD = 0.26
 
 
-@lru_cache(maxsize=1)
-def _analyzer():
-    from sklearn.feature_extraction.text import TfidfVectorizer
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 
-    return TfidfVectorizer(stop_words="english").build_analyzer()
+
+def analyze(text: str) -> list[str]:
+    """The words of `text` as scikit-learn's TfidfVectorizer(stop_words="english") analyses them: lower case,
+    two or more word characters, English stop words dropped (without importing scikit-learn)."""
+    return [w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS]
 
 
 @lru_cache(maxsize=65536)
@@ -59,7 +63,6 @@ class DocumentKeys:
     @classmethod
     def from_text(cls, text: str) -> "DocumentKeys":
         """Keys of `text`'s sentences; a markdown heading's words join every sentence under it, not a key of its own."""
-        analyze = _analyzer()
         sentences, headings = [], {}
         for sentence in split_sentences(text) or [text]:
             level = len(sentence) - len(sentence.lstrip("#"))
@@ -94,7 +97,7 @@ class DocumentKeys:
 
 
 def scores(keys: list[DocumentKeys], question: str) -> list[float]:
-    terms = _analyzer()(question)
+    terms = analyze(question)
     return [k.score(terms) for k in keys]
 
 
