@@ -289,7 +289,7 @@ def test_ask_learn_info_refuse_every_bad_manifest(capfd, session, doc_file, name
     lay_manifest(session, name)
     (code, words), info = MANIFEST_ERRORS[name]
     check_failure(capfd, ["ask", QUESTION, "-s", session, "--device", "cpu"], code, words, session)
-    check_failure(capfd, ["learn", doc_file, "-s", session, "--device", "cpu"], code, words, session)
+    check_failure(capfd, ["learn", doc_file, "-s", session, "--device", "cpu", "--again"], code, words, session)  # its content is learned
     if info:
         check_failure(capfd, ["info", "-s", session], *info, session)
         check_failure(capfd, ["reset", "--yes", "-s", session], *info, session)
