@@ -53,9 +53,10 @@ def generate(
     logits_processors=(),
     deltas: bool = True,
     shared: "SharedPrefix | None" = None,
+    beams: int = 1,
 ) -> Answer:
-    """Greedy-decode an answer to `question` (with `context` above it, if any), continuing from `shared`'s
-    KV cache when the prompt starts with its tokens."""
+    """Greedy-decode (or beam-search, `beams` > 1) an answer to `question` (with `context` above it, if
+    any), continuing from `shared`'s KV cache when the prompt starts with its tokens."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -67,7 +68,7 @@ def generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            num_beams=1,
+            num_beams=beams,
             temperature=None,
             top_p=None,
             top_k=None,

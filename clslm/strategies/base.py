@@ -115,6 +115,10 @@ class Strategy(ABC):
         """transformers LogitsProcessors applied while answering (none by default)."""
         return []
 
+    def beams(self) -> int:
+        """Beam width of the strategy's answers (1: greedy; the base model always answers greedily)."""
+        return 1
+
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:
         """Condition input-dependent deltas on `question` for the block (default: nothing to do).
@@ -153,6 +157,7 @@ class Strategy(ABC):
             max_new_tokens=max_new_tokens,
             logits_processors=self.logits_processors(question) if on else [],
             deltas=on,
+            beams=self.beams() if on else 1,
         )
 
     @contextmanager

@@ -67,6 +67,7 @@ class TTTConfig(StrategyConfig):
     top_k: int = 32  # with distill: teacher log-probabilities kept per reply token
     replies: Literal["document", "teacher", "both"] = "both"  # with distill: replies are the document's sentences, the teacher's own answers, or both
     prefix_cache: bool = True  # run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)
+    beams: int = 1  # beam width when answering (1: greedy)
     chunk_tokens: int = 768  # a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole)
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
@@ -89,6 +90,7 @@ class TTTConfig(StrategyConfig):
         self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
         self.check(self.hard >= 0 and 1 <= self.top_k <= 1024, "hard must be >= 0 and top_k in [1, 1024]")
         self.check(self.chunk_tokens == 0 or self.chunk_tokens >= 64, "chunk_tokens must be 0 (whole document) or >= 64")
+        self.check(1 <= self.beams <= 16, "beams must be in [1, 16]")
 
 
 class NeuronPatch(nn.Module):
@@ -288,6 +290,9 @@ class TTT(Strategy):
             return reply_loss(self.model, batch, self.config.hard)
         with replay_prefix(self.model, start, batch["hidden"]):
             return reply_loss(self.model, batch, self.config.hard)
+
+    def beams(self) -> int:
+        return self.config.beams
 
     # ---- routing -------------------------------------------------------------------------------
     def active_documents(self, question: str) -> list[int]:

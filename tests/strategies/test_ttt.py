@@ -302,3 +302,20 @@ def test_teacher_answers_are_its_greedy_answers_reading_the_chunk(llama_dir):
         assert reply == expected.tolist()[: len(reply)] and len(reply) == min(6, len(expected))
         assert teacher.indices[:, 0].tolist() == reply  # the greedy token is the teacher's top-1
         assert teacher.indices.shape == (len(reply), 5)
+
+
+def test_beams_answer_with_beam_search_and_the_base_model_stays_greedy(llama_dir):
+    strategy = make(llama_dir, beams=3, route_threshold=0)
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    question = "Which engineer built the Kessenbrock Light?"
+    tokenizer, model = strategy.tokenizer, strategy.model
+    inputs = tokenizer(chat_prompt(tokenizer, question), return_tensors="pt", add_special_tokens=False)
+    n = inputs["input_ids"].shape[1]
+
+    def decoded(**how):
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id, **how)
+        return tokenizer.decode(out[0, n:], skip_special_tokens=True).strip()
+
+    assert strategy.answer(question, max_new_tokens=12).text == decoded(num_beams=3)
+    with strategy.disabled():
+        assert strategy.answer(question, max_new_tokens=12).text == decoded(num_beams=1)
