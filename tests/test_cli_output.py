@@ -181,16 +181,3 @@ def test_the_cached_rows_are_the_classes_rows(clslm_home):
     from clslm.cli.listing import read_row, strategy_rows
 
     assert strategy_rows() == strategy_rows() == [read_row(name) for name in registry.names()]
-
-
-def test_the_router_analyses_words_as_scikit_learn_does():
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
-
-    from clslm.strategies import stop_words
-    from clslm.strategies.router import analyze
-
-    assert stop_words.ENGLISH_STOP_WORDS == ENGLISH_STOP_WORDS
-    sklearn_analyze = TfidfVectorizer(stop_words="english").build_analyzer()
-    texts = ["Who built the Kessenbrock Light?", "Ünïcode wörds, l'été, 41 metres; a b c d_e x2 ÆØÅ. Its tower is 41 m tall!", "## Heading\nThe Tarrow-Spit (1793) — done."]
-    for text in texts:
-        assert analyze(text) == sklearn_analyze(text)

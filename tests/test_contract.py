@@ -7,6 +7,7 @@ holds only the question, and learning is deterministic for a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -189,6 +190,46 @@ def test_disabled_is_exactly_the_base_model(learned):
     base = generate(learned.base_model, strategy.tokenizer, QUESTION, max_new_tokens=6)
     assert off.deltas is False
     assert (off.text, off.prompt, off.prompt_tokens, off.context_tokens) == (base.text, base.prompt, base.prompt_tokens, 0)
+
+
+def routes(strategy_name: str) -> bool:
+    """Strategies whose learned units act only on the questions the router matches (router.py)."""
+    return "route_threshold" in {f.name for f in dataclasses.fields(registry.get(strategy_name).Config)}
+
+
+UNRELATED = "What is the capital of France?"
+
+
+def test_routing_keeps_unrelated_questions_on_the_base_model(learned, strategy_name, model_dir):
+    if not routes(strategy_name):
+        pytest.skip("no router")
+    strategy, ids = learned.strategy, learned.ids
+    # An unrelated question: the answer path is exactly the base model's (weights, prompt and logits).
+    assert strategy.answer_nll(UNRELATED, REPLY) == answer_nll(learned.base_model, strategy.tokenizer, UNRELATED, REPLY)
+    with strategy.routed(UNRELATED):
+        assert torch.equal(logits(strategy.model, ids), logits(learned.base_model, ids))
+    assert strategy.prompt_context(UNRELATED) == "" and strategy.logits_processors(UNRELATED) == []
+    # A question about the document wakes what was learned; the keys survive a save and load.
+    assert reply_nll(strategy) != base_reply_nll(learned)
+    if strategy_acts_on_weights(strategy):
+        with strategy.routed(QUESTION):
+            assert not torch.equal(logits(strategy.model, ids), logits(learned.base_model, ids))
+    again = make_strategy(strategy_name, model_dir)
+    again.load_extra_state(json.loads(json.dumps(strategy.extra_state())))
+    assert again.router.to_json() == strategy.router.to_json() and len(again.router) >= 1
+    assert again.router.scores(QUESTION) == strategy.router.scores(QUESTION)
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if routes(n)])
+def test_routing_options_are_checked(name):
+    config = registry.get(name).Config
+    for bad in ("5", "-0.1"):
+        with pytest.raises(InputError, match=r"route_threshold must be in \[0, 1\]"):
+            parse_options(config, {"route_threshold": bad})
+    if "route_top" in {f.name for f in dataclasses.fields(config)}:
+        with pytest.raises(InputError, match="route_top must be >= "):
+            parse_options(config, {"route_top": "-3"})
+    assert parse_options(config, {"route_threshold": "0"}).route_threshold == 0
 
 
 def test_disabled_restores_state_after_an_error(learned):

@@ -107,7 +107,7 @@ def test_ttt_linear_keeps_each_documents_change(tmp_path, llama_dir):
         s.forget(A.sha256)
     with Session.open(path, device="cpu") as s:
         strategy = s.strategy()
-        assert len(strategy.keys) == len(strategy.changes) == 1
+        assert len(strategy.router) == len(strategy.changes) == 1
         for layer, change in zip(strategy.fast_layers(), change_b):
             assert (layer.fast_weight == change).all()
 

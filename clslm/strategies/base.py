@@ -21,6 +21,18 @@ class StrategyConfig:
 
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Check every field's declared bounds (metadata "min", "max", "above": an exclusive least value)."""
+        for f in dataclasses.fields(self):
+            low, high, above = (f.metadata.get(k) for k in ("min", "max", "above"))
+            value = getattr(self, f.name)
+            if above is not None:
+                ok = above < value and (high is None or value <= high)
+                self.check(ok, f"{f.name} must be > {above}" if high is None else f"{f.name} must be in ({above}, {high}]")
+            elif low is not None:
+                ok = low <= value and (high is None or value <= high)
+                self.check(ok, f"{f.name} must be >= {low}" if high is None else f"{f.name} must be in [{low}, {high}]")
+
     def check(self, condition: bool, message: str) -> None:
         if not condition:
             raise InputError(f"{type(self).__qualname__.split('.')[0]}: {message}")

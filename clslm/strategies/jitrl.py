@@ -27,9 +27,7 @@ from .anatomy import decoder_layers
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .forgetting import cannot, drop_front, reported_counts, reported_rows, share
 from .gating import general_corpus
-from .router import THRESHOLD as ROUTE_THRESHOLD
-from .router import DocumentKeys
-from .router import scores as route_scores
+from .router import DocumentKeys, Router, threshold_option
 
 MAX_BIAS = 5.0
 # Softmax temperature over cosine similarities: sharp enough that the closest states dominate, soft
@@ -57,15 +55,15 @@ class JitrlMVPConfig(StrategyConfig):
     overlap: int = 64  # tokens a chunk shares with the previous one
     bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
     budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
-    route_threshold: float = ROUTE_THRESHOLD  # only documents whose router match (router.py) with the question reaches this are searched (0: all)
+    route_threshold: float = threshold_option("only documents whose router match (router.py) with the question reaches this are searched (0: all)")
 
     def __post_init__(self):
+        super().__post_init__()  # route_threshold
         self.check(self.k >= 1, "k must be >= 1")
         self.check(self.chunk_tokens >= 8, "chunk_tokens must be >= 8")
         self.check(0 <= self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
         self.check(0 <= self.bias <= MAX_BIAS, f"bias must be in [0, {MAX_BIAS}]")
         self.check(self.budget >= 1, "budget must be >= 1")
-        self.check(0 <= self.route_threshold <= 1, "route_threshold must be in [0, 1]")
 
 
 def split_chunks(tokenizer, text: str, size: int, overlap: int) -> list[str]:
@@ -136,14 +134,14 @@ class JitrlMVP(Strategy):
 
     def attach(self) -> None:
         self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}
-        self.keys: dict[str, DocumentKeys] = {}  # document name -> its routing keys
+        self.router = Router(self.config, named=True)  # one unit per document name
         self._index = None  # (vectorizer, chunk matrix), fitted at the first question
 
     def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
         start = time.perf_counter()
         texts = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, self.config.overlap)
         self.chunks += [{"document": document.name, "text": t} for t in texts]
-        self.keys[document.name] = self._keys_from_chunks(document.name)
+        self.router.put(document.name, self._keys_from_chunks(document.name))
         self._index = None
         on_step(Step(1, 1, phase="chunk"))
         return _report(document, self.tokenizer, start, chunks=len(texts))
@@ -162,9 +160,7 @@ class JitrlMVP(Strategy):
 
     def routed_documents(self, question: str) -> set[str]:
         """Documents the question matches well enough to search: general questions find none."""
-        names = list(self.keys)
-        threshold = self.config.route_threshold
-        return {n for n, score in zip(names, route_scores(list(self.keys.values()), question)) if score >= threshold}
+        return self.router.matching_names(question)
 
     def retrieve(self, question: str) -> list[int]:
         """Indices of the k chunks of routed documents most similar to the question (cosine > 0), best first."""
@@ -216,7 +212,7 @@ class JitrlMVP(Strategy):
 
     # ---- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"chunks": self.chunks, "keys": {n: k.to_json() for n, k in self.keys.items()}} if self.chunks else {}
+        return {"chunks": self.chunks, "keys": self.router.to_json()} if self.chunks else {}
 
     def load_extra_state(self, state: dict) -> None:
         chunks = state.get("chunks", [])
@@ -225,7 +221,7 @@ class JitrlMVP(Strategy):
         self.chunks, self._index = list(chunks), None
         saved = state.get("keys", {})
         for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild
-            self.keys[name] = DocumentKeys.from_json(saved[name]) if name in saved else self._keys_from_chunks(name)
+            self.router.put(name, DocumentKeys.from_json(saved[name]) if name in saved else self._keys_from_chunks(name))
 
     def _keys_from_chunks(self, name: str) -> DocumentKeys:
         return DocumentKeys.from_text(" ".join(c["text"] for c in self.chunks if c["document"] == name))
@@ -239,9 +235,9 @@ class JitrlMVP(Strategy):
         name = documents[position]["name"]
         del self.chunks[chunks.start : chunks.stop]
         self._index = None
-        self.keys.pop(name, None)
+        self.router.pop(name)
         if any(c["document"] == name for c in self.chunks):
-            self.keys[name] = self._keys_from_chunks(name)
+            self.router.put(name, self._keys_from_chunks(name))
 
 
 # ---- jitrl-full --------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -110,3 +112,103 @@ def best_matches(keys: list[DocumentKeys], question: str, threshold: float) -> l
 def matches_any(keys: list[DocumentKeys], question: str, threshold: float) -> bool:
     """Whether some document's score reaches `threshold` (a threshold of 0 matches everything)."""
     return threshold <= 0 or max(scores(keys, question), default=0.0) >= threshold
+
+
+# ---- the routing component the routed strategies share ------------------------------------------------
+
+
+def threshold_option(help: str) -> Any:
+    """A Config's route_threshold field: the router's calibrated THRESHOLD, in [0, 1]."""
+    return field(default=THRESHOLD, metadata={"help": help, "min": 0, "max": 1})
+
+
+def top_option(default: int, minimum: int, help: str) -> Any:
+    """A Config's route_top field: how many best-matching units act at once, at least `minimum`."""
+    return field(default=default, metadata={"help": help, "min": minimum})
+
+
+class Router:
+    """A strategy's routing keys, one per routed unit (a document, or a part of one) in learn order, and the
+    questions they match under the Config's route_threshold.
+
+    Named routers (jitrl-mvp: one unit per document name) save their keys as an object {name: keys}, the
+    others as a list, as sessions have always held them (state_files.py checks both).
+    """
+
+    def __init__(self, config: Any, named: bool = False):
+        self.config = config
+        self.keys: list[DocumentKeys] = []
+        self.names: list[str] | None = [] if named else None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def threshold(self) -> float:
+        return self.config.route_threshold
+
+    def add(self, text: str) -> None:
+        self.keys.append(DocumentKeys.from_text(text))
+
+    def remove(self, units: range | int) -> None:
+        """Forget units (an index or a range of them), as Strategy.forget does."""
+        units = range(units, units + 1) if isinstance(units, int) else units
+        del self.keys[units.start : units.stop]
+
+    def put(self, name: str, keys: DocumentKeys) -> None:
+        """A named unit's keys (replacing a namesake's)."""
+        self.pop(name)
+        self.names.append(name)
+        self.keys.append(keys)
+
+    def pop(self, name: str) -> None:
+        if name in self.names:
+            i = self.names.index(name)
+            del self.names[i], self.keys[i]
+
+    def scores(self, question: str) -> list[float]:
+        return scores(self.keys, question)
+
+    def ranked(self, question: str) -> list[int]:
+        """Units whose score reaches the threshold, best first (a threshold of 0: all of them)."""
+        return best_matches(self.keys, question, self.threshold)
+
+    def matches(self, question: str) -> bool:
+        """Whether some unit's score reaches the threshold (a threshold of 0 matches everything)."""
+        return matches_any(self.keys, question, self.threshold)
+
+    def matching_names(self, question: str) -> set[str]:
+        """Named units whose score reaches the threshold."""
+        return {n for n, score in zip(self.names, self.scores(question)) if score >= self.threshold}
+
+    def to_json(self) -> list[dict[str, Any]] | dict[str, dict[str, Any]]:
+        if self.names is not None:
+            return {n: k.to_json() for n, k in zip(self.names, self.keys)}
+        return [k.to_json() for k in self.keys]
+
+    def load(self, saved: list | dict) -> None:
+        """Keys as to_json() wrote them (state_files.py has checked their layout)."""
+        if self.names is not None:
+            self.names, self.keys = list(saved), [DocumentKeys.from_json(k) for k in saved.values()]
+        else:
+            self.keys = [DocumentKeys.from_json(k) for k in saved]
+
+
+class Routed:
+    """Strategy mixin: the units a question matches act inside routed(), the others are off.
+
+    A routed strategy keeps a Router in self.router, says which units a question wakes (active_documents:
+    indices, or None for all of them with routing off) and how only those act (route_to)."""
+
+    router: Router
+
+    def active_documents(self, question: str) -> list[int] | None:
+        raise NotImplementedError
+
+    def route_to(self, active: list[int] | None) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    @contextmanager
+    def routed(self, question: str) -> Iterator[None]:
+        with self.route_to(self.active_documents(question)):
+            yield

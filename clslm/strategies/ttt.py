@@ -30,9 +30,7 @@ from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from .forgetting import reported_counts, share
-from .router import THRESHOLD as ROUTE_THRESHOLD
-from .router import DocumentKeys
-from .router import best_matches
+from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
 from .context_distillation import answer, teach
 from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections
@@ -59,8 +57,8 @@ class TTTConfig(StrategyConfig):
     batch_size: int = 8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    route_threshold: float = ROUTE_THRESHOLD  # a document's copy acts only on questions whose router match (router.py) reaches this (0: always)
-    route_top: int = 1  # at most this many best-matching documents act at once
+    route_threshold: float = threshold_option("a document's copy acts only on questions whose router match (router.py) reaches this (0: always)")
+    route_top: int = top_option(1, 1, "at most this many best-matching documents act at once")
     state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
     objective: Literal["next-token", "distill"] = "next-token"  # predict the reply text, or also match the model reading the part (context distillation)
     hard: float = 0.5  # with distill: weight of the reply's next-token loss added to the KL
@@ -81,6 +79,7 @@ class TTTConfig(StrategyConfig):
     }
 
     def __post_init__(self):
+        super().__post_init__()
         self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.epochs >= 1, "epochs must be >= 1")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
@@ -146,7 +145,7 @@ class DualMLP(nn.Module, DeltaModule):
         return y
 
 
-class TTT(Strategy):
+class TTT(Routed, Strategy):
     """Dual-MLP on the last layers, trained on the document; TF-IDF-gated sparse neuron deltas."""
 
     name = "ttt"
@@ -162,7 +161,7 @@ class TTT(Strategy):
         for i in self.layer_ids:
             blocks[i].mlp = DualMLP(gated_mlp(blocks[i]))
         self._idf: dict[int, torch.Tensor] | None = None
-        self.keys: list[DocumentKeys] = []
+        self.router = Router(self.config)  # one unit per learned part
 
     # ---- parts ---------------------------------------------------------------------------------
     def dual_mlps(self) -> dict[int, DualMLP]:
@@ -260,7 +259,7 @@ class TTT(Strategy):
                 b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], b["attention_mask"]) if c.prefix_cache else None
         with clock("gating"):
             patches = self._add_patches(part)
-        self.keys.append(DocumentKeys.from_text(part.text))
+        self.router.add(part.text)
         return data, patches
 
     def _distilled(self, part: Document, examples: list[Example], clock: PhaseClock) -> list[Example]:
@@ -296,15 +295,13 @@ class TTT(Strategy):
 
     # ---- routing -------------------------------------------------------------------------------
     def active_documents(self, question: str) -> list[int]:
-        """Documents whose deltas act on `question`: the best TF-IDF matches above the threshold."""
+        """Parts whose deltas act on `question`: the best router matches above the threshold (0: every part)."""
         if self.config.route_threshold <= 0:
             return list(range(self.documents_learned))
-        return best_matches(self.keys, question, self.config.route_threshold)[: self.config.route_top]
+        return self.router.ranked(question)[: self.config.route_top]
 
-    @contextmanager
-    def routed(self, question: str) -> Iterator[None]:
-        with self._only(set(self.active_documents(question))):
-            yield
+    def route_to(self, active: list[int]):
+        return self._only(set(active))
 
     @contextmanager
     def _only(self, active: set[int]) -> Iterator[None]:
@@ -322,10 +319,10 @@ class TTT(Strategy):
 
     # ---- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"keys": [k.to_json() for k in self.keys]} if self.keys else {}
+        return {"keys": self.router.to_json()} if len(self.router) else {}
 
     def load_extra_state(self, state: dict) -> None:
-        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+        self.router.load(state.get("keys", []))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         dtype = getattr(torch, self.config.state_dtype)
@@ -353,8 +350,8 @@ class TTT(Strategy):
         for dual in self.dual_mlps().values():
             for j in reversed(parts):
                 del dual.ttt_patches[j]
-        if self.keys:  # sessions from before routing have none
-            del self.keys[parts.start : parts.stop]
+        if len(self.router):  # sessions from before routing have none
+            self.router.remove(parts)
 
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "parts": self.documents_learned, "neurons": sum(p.index.numel() for d in self.dual_mlps().values() for p in d.ttt_patches)}

@@ -31,9 +31,7 @@ from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
 from .forgetting import cannot
-from .router import THRESHOLD as ROUTE_THRESHOLD
-from .router import DocumentKeys
-from .router import matches_any
+from .router import Routed, Router, threshold_option
 from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss
 
@@ -54,9 +52,10 @@ class TTTLinearConfig(StrategyConfig):
     questions: int = 3  # cue prompts per sentence
     batch_size: int = 8
     max_grad_norm: float = 1.0
-    route_threshold: float = ROUTE_THRESHOLD  # fast weights act only on questions whose router match (router.py) reaches this (0: always)
+    route_threshold: float = threshold_option("fast weights act only on questions whose router match (router.py) reaches this (0: always)")
 
     def __post_init__(self):
+        super().__post_init__()
         self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
         self.check(self.epochs >= 1, "epochs must be >= 1")
         self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
@@ -102,7 +101,7 @@ def mask_token_id(tokenizer, vocab: int) -> int:
     return 0
 
 
-class TTTLinear(Strategy):
+class TTTLinear(Routed, Strategy):
     """TTT-Linear fast weights on the last layers, trained on the document by masked-token prediction."""
 
     name = "ttt-linear"
@@ -118,7 +117,7 @@ class TTTLinear(Strategy):
         blocks = decoder_layers(self.model)
         for i in self.layer_ids:
             blocks[i].mlp = FastLinearMLP(gated_mlp(blocks[i]), width)
-        self.keys: list[DocumentKeys] = []
+        self.router = Router(self.config)  # one unit per document
         self.anchors: list[torch.Tensor] = []
         # Each document's change to the fast weights, per layer; W is their sum (so one can be forgotten).
         # None: a session saved before they were kept (its W alone).
@@ -139,7 +138,7 @@ class TTTLinear(Strategy):
         torch.manual_seed(c.seed)
         examples = build_examples(document, self.tokenizer, fmt="chat", max_tokens=c.max_tokens, questions_per_sentence=c.questions)
         data = [{k: v.to(self.model.device) for k, v in b.items()} for b in batches(examples, c.batch_size, self.tokenizer.pad_token_id)]
-        self.keys.append(DocumentKeys.from_text(document.text))
+        self.router.add(document.text)
         self.anchors = [m.fast_weight.detach().clone() for m in self.fast_layers()]
         generator = torch.Generator().manual_seed(c.seed)
         mask_id = mask_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
@@ -181,11 +180,18 @@ class TTTLinear(Strategy):
 
     # ---- routing -------------------------------------------------------------------------------
     def matches(self, question: str) -> bool:
-        return matches_any(self.keys, question, self.config.route_threshold)
+        return self.router.matches(question)
+
+    def active_documents(self, question: str) -> list[int] | None:
+        """Every document when the question matches one, else none (W is shared: all act, or none); None
+        with routing off (route_threshold 0)."""
+        if self.config.route_threshold <= 0:
+            return None
+        return list(range(len(self.router))) if self.matches(question) else []
 
     @contextmanager
-    def routed(self, question: str) -> Iterator[None]:
-        on = self.matches(question)
+    def route_to(self, active: list[int] | None) -> Iterator[None]:
+        on = active is None or bool(active)
         for m in self.fast_layers():
             m.route = on
         try:
@@ -213,12 +219,12 @@ class TTTLinear(Strategy):
         if self.changes is None and len(documents) > 1:
             raise cannot(self.name, "it was learned before clslm kept each document's change to the fast weights")
         self.changes = [c for i, c in enumerate(self.changes or []) if i != position]
-        del self.keys[position]
+        self.router.remove(position)
         self._sum_changes()
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        if not self.keys:
+        if not len(self.router):
             return {}
         if self.changes is None:
             return super().state_dict()
@@ -236,17 +242,17 @@ class TTTLinear(Strategy):
 
     def extra_state(self) -> dict:
         changes = {} if self.changes is None else {"changes": len(self.changes)}
-        return {"keys": [k.to_json() for k in self.keys]} | changes if self.keys else {}
+        return {"keys": self.router.to_json()} | changes if len(self.router) else {}
 
     def load_extra_state(self, state: dict) -> None:
-        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+        self.router.load(state.get("keys", []))
         count = state.get("changes")
         if count is None:  # saved before each document's change was kept: W alone
-            self.changes = None if self.keys else []
+            self.changes = None if len(self.router) else []
             return
-        if not (is_int(count) and count == len(self.keys)):
-            raise ValueError(f"changes must be the number of documents ({len(self.keys)}), not {count!r}")
+        if not (is_int(count) and count == len(self.router)):
+            raise ValueError(f"changes must be the number of documents ({len(self.router)}), not {count!r}")
         self.changes = [[torch.zeros_like(m.fast_weight) for m in self.fast_layers()] for _ in range(count)]  # filled by load_state_dict
 
     def describe(self) -> dict:
-        return {"layers": self.layer_ids, "documents": len(self.keys), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}
+        return {"layers": self.layer_ids, "documents": len(self.router), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}

@@ -76,15 +76,10 @@ def test_generated_lora_changes_logits_only_when_enabled(llama_dir, hypernet_fil
     assert s.enabled and not torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
 
 
-def test_the_router_keeps_the_lora_off_for_unrelated_questions(llama_dir, hypernet_file):
+def test_the_routing_keys_survive_a_reload(llama_dir, hypernet_file):
+    # That the router keeps the LoRA off for unrelated questions is a contract row (tests/test_contract.py).
     s = strategy(llama_dir, hypernet=str(hypernet_file))
-    base, tokenizer, _ = load(llama_dir)
     s.learn(Document("kessenbrock", DOCUMENT))
-    with s.routed("What is the capital of France?"):
-        assert torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
-    with s.routed("Which engineer built the Kessenbrock Light?"):
-        assert not torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))
-    assert not torch.equal(logits(s.model, tokenizer), logits(base, tokenizer))  # back on after the block
     restored = strategy(llama_dir, hypernet=str(hypernet_file))
     restored.load_extra_state(s.extra_state())
     assert not restored.matches("What is the capital of France?") and restored.matches("Which engineer built the Kessenbrock Light?")

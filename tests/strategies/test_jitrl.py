@@ -169,13 +169,13 @@ def test_mvp_state_round_trips_through_a_session(llama_dir, tmp_path):
     assert any(p.name.startswith("state-") for p in path.iterdir())
     with Session.open(path, device="cpu") as s:
         strategy = s.strategy()
-        assert strategy.chunks == chunks and set(strategy.keys) == {"planted"}
+        assert strategy.chunks == chunks and strategy.router.names == ["planted"]
         again = s.ask(QUESTION, max_new_tokens=6)
         assert (again.text, again.prompt, again.context_tokens) == (saved.text, saved.prompt, saved.context_tokens)
         assert torch.equal(strategy.logits_processors(QUESTION)[0](None, scores), biased)
-        keys = strategy.keys["planted"]
+        keys = strategy.router.keys[0]
         strategy.load_extra_state({"chunks": chunks})  # saved before routing existed: keys are rebuilt
-        assert strategy.keys["planted"].sentences == keys.sentences
+        assert strategy.router.names == ["planted"] and strategy.router.keys[0].sentences == keys.sentences
 
 
 # ---- jitrl-full ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ttt particulars: training text, neuron gating, sparse patches, the document router."""
+"""ttt particulars: training text, neuron gating, sparse patches, routing its parts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from clslm.documents import Document
 from clslm.strategies import gating
 from clslm.strategies.base import StrategyContext
-from clslm.strategies.router import THRESHOLD, DocumentKeys, scores
 from clslm.generation import chat_prompt
 from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
 from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject
@@ -131,30 +130,8 @@ def test_learning_is_deterministic_for_a_seed(llama_dir):
 # ---- routing -------------------------------------------------------------------------------------
 
 
-def test_router_scores_the_matching_document_highest():
-    keys = [DocumentKeys.from_text(DOCUMENT), DocumentKeys.from_text(OTHER)]
-    assert scores(keys, "Which engineer built the Kessenbrock Light?")[0] > 0.3
-    assert scores(keys, "When did the Velmar Bridge open?")[1] > 0.3
-    assert max(scores(keys, "What is the capital of France?")) < 0.1
-    restored = DocumentKeys.from_json(keys[0].to_json())
-    assert restored.score(["kessenbrock", "engineer"]) == keys[0].score(["kessenbrock", "engineer"])
-
-
-def test_a_question_sharing_only_common_words_with_a_document_is_not_routed():
-    sentence = "The ferry from Tarrow Spit to Ulvermere, run by the Caddenmouth Harbour Board, takes forty minutes and sails every hour."
-    keys = [DocumentKeys.from_text(sentence)]
-    assert scores(keys, "How many minutes are there in an hour?")[0] < THRESHOLD
-    assert scores(keys, "How long does the ferry from Tarrow to Ulvermere take?")[0] >= THRESHOLD
-
-
-def test_keys_saved_before_word_rarity_are_reweighted_on_load():
-    old = {"vocabulary": ["hour", "tarrow"], "idf": [1.5, 4.0], "sentences": [[[0, 0.35], [1, 0.94]]]}
-    keys = DocumentKeys.from_json(old)
-    assert keys.score(["tarrow"]) > 0.9 and keys.score(["hour"]) < 0.5
-    assert DocumentKeys.from_json(keys.to_json()).sentences == keys.sentences
-
-
-def test_unrouted_questions_see_the_base_model(llama_dir):
+def test_each_document_wakes_for_its_own_questions(llama_dir):
+    # That unrouted questions see the base model is a contract row (tests/test_contract.py).
     strategy = make(llama_dir, route_threshold=0.2)
     strategy.learn(Document("kessenbrock", DOCUMENT))
     strategy.learn(Document("velmar", OTHER))
@@ -162,14 +139,11 @@ def test_unrouted_questions_see_the_base_model(llama_dir):
     assert strategy.active_documents("When did the Velmar Bridge open?") == [1]
     assert strategy.active_documents("What is the capital of France?") == []
     ids = torch.tensor([[1, 5, 9, 14]])
-    with strategy.routed("What is the capital of France?"):
-        routed_off = strategy.model(input_ids=ids).logits
-    with strategy.disabled():
-        base = strategy.model(input_ids=ids).logits
+    with strategy.routed("When did the Velmar Bridge open?"):
+        second = strategy.model(input_ids=ids).logits
     with strategy.routed("Which engineer built the Kessenbrock Light?"):
-        routed_on = strategy.model(input_ids=ids).logits
-    assert torch.equal(routed_off, base)
-    assert not torch.equal(routed_on, base)
+        first = strategy.model(input_ids=ids).logits
+    assert not torch.equal(first, second)
 
 
 def test_with_routing_a_document_learns_as_if_alone(llama_dir):

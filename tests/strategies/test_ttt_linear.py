@@ -96,16 +96,12 @@ def test_learning_moves_only_the_fast_weights_and_the_anchor_limits_it(llama_dir
     assert moved_tight < moved_loose
 
 
-def test_router_keeps_general_questions_on_the_base_model(llama_dir, tokenizer):
+def test_the_shared_fast_weights_act_on_every_matching_question(llama_dir):
+    # That general questions see the base model is a contract row (tests/test_contract.py).
     strategy = make(llama_dir)
     strategy.learn(Document(name="k", text=DOCUMENT))
-    base, _ = load_model(resolve_model(str(llama_dir)), device="cpu", dtype="float32")
     assert strategy.matches("Which engineer built the Kessenbrock Light?")
     assert not strategy.matches("What is the capital of France?")
-    ids = tokenizer("What is the capital of France?", return_tensors="pt")["input_ids"]
-    with strategy.routed("What is the capital of France?"):
-        assert torch.equal(logits(strategy.model, ids), logits(base, ids))
-    with strategy.routed("Which engineer built the Kessenbrock Light?"):
-        assert not torch.equal(logits(strategy.model, ids), logits(base, ids))
+    assert strategy.active_documents("Which engineer built the Kessenbrock Light?") == [0]
     always = make(llama_dir, route_threshold="0")
     assert always.matches("What is the capital of France?")

@@ -33,9 +33,7 @@ from ...models import file_sha256
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
 from ..forgetting import cannot
-from ..router import THRESHOLD as ROUTE_THRESHOLD
-from ..router import DocumentKeys
-from ..router import best_matches
+from ..router import Routed, Router, threshold_option, top_option
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
@@ -57,8 +55,8 @@ class Doc2LoRAConfig(StrategyConfig):
     accumulate: Literal["mean", "sum"] = "mean"  # the session's documents: averaged, or summed
     max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
     scale: float = 1.0  # multiplies every generated delta
-    route_threshold: float = ROUTE_THRESHOLD  # the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)
-    route_top: int = 1  # a question answers through its best-matching documents' own LoRAs, at most this many (0: the session's LoRA)
+    route_threshold: float = threshold_option("the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)")
+    route_top: int = top_option(1, 0, "a question answers through its best-matching documents' own LoRAs, at most this many (0: the session's LoRA)")
     doc_rank: int = 16  # each document's own LoRA is kept at this rank at most (truncated SVD)
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = 8
@@ -69,11 +67,10 @@ class Doc2LoRAConfig(StrategyConfig):
     probes: int = 12  # sentences of the document used as distillation probes
 
     def __post_init__(self):
+        super().__post_init__()  # route_threshold, route_top
         self.check(self.chunk_tokens >= 0, "chunk_tokens must be >= 0")
         self.check(self.max_rank >= 1, "max_rank must be >= 1")
         self.check(self.scale > 0, "scale must be > 0")
-        self.check(0 <= self.route_threshold <= 1, "route_threshold must be in [0, 1]")
-        self.check(self.route_top >= 0, "route_top must be >= 0")
         self.check(self.doc_rank >= 1, "doc_rank must be >= 1")
         self.check(self.rank >= 1, "rank must be >= 1")
         self.check(bool(self.target_list), "targets must name at least one module")
@@ -87,7 +84,7 @@ class Doc2LoRAConfig(StrategyConfig):
         return [t.strip() for t in self.targets.split(",") if t.strip()]
 
 
-class Doc2LoRA(Strategy):
+class Doc2LoRA(Routed, Strategy):
     name = "doc2lora"
     Config = Doc2LoRAConfig
     prefix = "lora_"
@@ -112,7 +109,7 @@ class Doc2LoRA(Strategy):
         self.factors: lora.Factors = {}  # the session's LoRA: all documents
         self.doc_factors: list[lora.Factors] = []  # each document's own (empty for sessions saved before them)
         self.documents: list[dict] = []
-        self.keys: list[DocumentKeys] = []  # one per document, for the router
+        self.router = Router(self.config)  # one unit per document
         self.hypernet_sha256: str | None = None
         self._net = None
 
@@ -163,7 +160,7 @@ class Doc2LoRA(Strategy):
         self.factors = lora.cap(self._accumulate(factors), self.config.max_rank)
         lora.install(self.model, self.factors)
         self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
-        self.keys.append(DocumentKeys.from_text(document.text))
+        self.router.add(document.text)
         extra = {"mode": self.mode_label, "chunks": n_chunks, "rank": lora.rank(factors), "session_rank": lora.rank(self.factors)}
         tokens = len(ids(tokenizer, document.text))
         return LearnReport(document.name, document.sha256, tokens, losses[0], losses[1], round(time.perf_counter() - start, 3), extra)
@@ -210,18 +207,18 @@ class Doc2LoRA(Strategy):
 
     def active_documents(self, question: str) -> list[int]:
         """The documents whose LoRAs answer `question`: the best router matches at or above the threshold."""
-        if len(self.keys) < len(self.documents):  # keys not saved: every document
+        if len(self.router) < len(self.documents):  # keys not saved: every document
             return list(range(len(self.documents)))
-        return best_matches(self.keys, question, self.config.route_threshold)
+        return self.router.ranked(question)
 
     @contextmanager
-    def routed(self, question: str):
-        """The LoRA of the question's best-matching documents for the block; none (the base model) when no
+    def route_to(self, active: list[int]):
+        """The LoRA of the best-matching documents in `active` for the block; none (the base model) when no
         document matches; the session's LoRA with route_top=0 or when every document is chosen."""
         if not self.enabled:
             yield
             return
-        active, everything = self.active_documents(question), list(range(len(self.documents)))
+        everything = list(range(len(self.documents)))
         chosen = sorted(active[: self.config.route_top]) if self.config.route_top else everything
         if not active:
             with self.model.disable_adapter():
@@ -275,19 +272,21 @@ class Doc2LoRA(Strategy):
 
     def extra_state(self) -> dict:
         hypernet = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256} if self.hypernet_sha256 else None
-        keys = [k.to_json() for k in self.keys]
+        keys = self.router.to_json()
         return {"mode": self.mode_label, "hypernet": hypernet, "documents": self.documents, "keys": keys} if self.documents else {}
 
     def load_extra_state(self, state: dict) -> None:
         self.documents = list(state.get("documents", []))
-        self.keys = [DocumentKeys.from_json(k) for k in state.get("keys", [])]
+        self.router.load(state.get("keys", []))
         self.hypernet_sha256 = (state.get("hypernet") or {}).get("sha256")
 
     def forget(self, documents: list[dict], position: int) -> None:
         """Drop the document's own LoRA and router keys; the session's LoRA becomes that of the others."""
         if len(self.doc_factors) < len(self.documents) and len(self.documents) > 1:
             raise cannot(self.name, "it was learned before clslm kept each document's own LoRA")
-        for kept in (self.documents, self.keys, self.doc_factors):
+        if position < len(self.router):
+            self.router.remove(position)
+        for kept in (self.documents, self.doc_factors):
             if position < len(kept):
                 del kept[position]
         self.factors = self._session_of(self.doc_factors) if self.doc_factors else {}
