@@ -24,21 +24,12 @@ from typing import Any
 from . import __version__
 from .errors import InputError
 from .generation import chat_prompt
-from .strategies.base import DeltaModule, Merged, Strategy, is_peft_model
+from .strategies.base import Strategy
 
 FORMATS = ("merged", "peft", "context")
 MARKER = "clslm-export.json"  # in every export: what wrote it, and what `--force` may replace
 PROBE = "Tell me what you have read about: who, what, where and when?"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Strategies whose learned state no standard checkpoint or adapter can hold; why, for the user.
-UNEXPORTABLE = {
-    "ttt-linear": (
-        "ttt-linear cannot be exported as {format} weights: its fast weights add a linear path W·x beside "
-        "each MLP, and a gated MLP (Llama, Qwen2, Gemma 3) has no neuron that is linear in its input, so no "
-        "standard checkpoint or LoRA adapter reproduces it (see docs/export.md); use the session through "
-        "clslm or its Python API"
-    ),
-}
 
 
 @dataclass
@@ -88,19 +79,16 @@ def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, 
 
 def _effective_format(strategy: Strategy, format: str, notes: list[str]) -> str:
     """The format really written: prompt-side strategies always give their context."""
-    in_weights = learns_in_weights(strategy)
+    in_weights = strategy.learns_in_weights()
     if format == "context" and in_weights:
         raise InputError(f"{strategy.name} learns into the model's weights, not the prompt: export it with --format merged or --format peft")
     if format != "context" and not in_weights:
         notes.append(f"{strategy.name} keeps what it learned in the prompt, not in the weights: wrote its context instead of {format} weights (the base model is unchanged)")
         return "context"
-    if strategy.name in UNEXPORTABLE:
-        raise InputError(UNEXPORTABLE[strategy.name].format(format=format))
+    refusal = strategy.cannot_export(format)
+    if refusal:
+        raise InputError(refusal)
     return format
-
-
-def learns_in_weights(strategy: Strategy) -> bool:
-    return is_peft_model(strategy.model) or any(isinstance(m, DeltaModule) for m in strategy.model.modules())
 
 
 # ---- OUT -------------------------------------------------------------------------------------------
@@ -186,23 +174,12 @@ def _readable(directory: Path) -> None:
 
 def write_merged(strategy: Strategy, tmp: Path, report: ExportReport) -> None:
     probe, reference = _reference(strategy)
-    merged = merged_model(strategy)
+    merged = strategy.export_merged()
     report.exact = merged.exact
     report.notes += merged.notes
     _check(report, merged.model, probe, reference)
     merged.model.save_pretrained(tmp)
     strategy.tokenizer.save_pretrained(tmp)
-
-
-def merged_model(strategy: Strategy) -> Merged:
-    """The strategy's Merged model; ttt's patches are folded here (ttt.py has no export_merged yet)."""
-    from .export_fold import apply, ttt_deltas
-
-    if _is_ttt(strategy):
-        fold = ttt_deltas(strategy)
-        apply(fold)
-        return Merged(fold.model, fold.exact, fold.notes)
-    return strategy.export_merged()
 
 
 # ---- peft ------------------------------------------------------------------------------------------
@@ -213,13 +190,9 @@ def write_peft(strategy: Strategy, tmp: Path, report: ExportReport, rank: int) -
     from safetensors.torch import save_file
 
     probe, reference = _reference(strategy)
-    if _is_ttt(strategy):
-        adapter = _ttt_adapter(strategy, report, rank)
-    else:
-        adapter = strategy.lora_adapter()
-        if adapter is None:
-            raise InputError(f"{strategy.name}: what it learned is not LoRA-shaped; export it with --format merged")
-        report.exact, report.rank = True, adapter.peft_config[adapter.active_adapter].r
+    exported = strategy.export_adapter(rank)
+    adapter, report.exact, report.rank, report.layers = exported.model, exported.exact, exported.rank, exported.layers
+    report.notes += exported.notes
     _check(report, adapter, probe, reference)
     name = adapter.active_adapter
     config = adapter.peft_config[name]
@@ -228,21 +201,6 @@ def write_peft(strategy: Strategy, tmp: Path, report: ExportReport, rank: int) -
     config.save_pretrained(tmp)  # adapter_config.json: peft_type, r, lora_alpha, target_modules, base model
     state = get_peft_model_state_dict(adapter, adapter_name=name)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / ADAPTER_FILES[1], metadata={"format": "pt"})
-
-
-def _ttt_adapter(strategy: Strategy, report: ExportReport, rank: int):
-    from .export_fold import lora_adapter, ttt_deltas
-
-    fold = ttt_deltas(strategy)
-    adapter, report.layers, report.rank = lora_adapter(fold, rank)
-    worst = max((layer["relative_error"] for layer in report.layers), default=0.0)
-    report.exact = fold.exact and worst < 1e-6
-    report.notes += fold.notes
-    report.notes.append(f"LoRA rank {report.rank}: truncated SVD of each module's weight change; largest relative Frobenius error {worst:.3g} (per module in `layers`)")
-    if worst > 0.01:
-        biggest = max(layer["change_rank"] for layer in report.layers)
-        report.notes.append(f"the weight changes have rank up to {biggest}: a larger --rank gives a closer adapter")
-    return adapter
 
 
 # ---- context ---------------------------------------------------------------------------------------
@@ -264,16 +222,7 @@ def write_context(session, strategy: Strategy, tmp: Path, report: ExportReport) 
 
 def context_markdown(strategy: Strategy, documents: list[dict], extra: dict[str, Any]) -> str:
     lines = [f"# What {strategy.name} learned", "", "Documents: " + (", ".join(d["name"] for d in documents) or "none yet"), ""]
-    bullets = (extra.get("playbook") or {}).get("bullets", [])
-    if bullets:
-        lines += ["## Playbook", "", *(f"- {b['text']}" for b in bullets), ""]
-    chunks = extra.get("chunks", [])
-    for name in dict.fromkeys(c["document"] for c in chunks):
-        lines += [f"## {name}", ""]
-        lines += [part for c in chunks if c["document"] == name for part in (c["text"].strip(), "")]
-    facts = strategy.describe()
-    if not bullets and not chunks and facts:
-        lines += ["## State", "", *(f"- {k}: {v}" for k, v in facts.items()), ""]
+    lines += strategy.context_markdown(extra)
     return "\n".join(lines)
 
 
@@ -300,8 +249,3 @@ def _check(report: ExportReport, model, probe, reference) -> None:
     report.max_abs_logit_diff = float((_logits(model, probe) - reference).abs().max())
     report.probe_tokens = int(probe.shape[1])
 
-
-def _is_ttt(strategy: Strategy) -> bool:
-    from .strategies.ttt import TTT
-
-    return isinstance(strategy, TTT)

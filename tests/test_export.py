@@ -157,7 +157,7 @@ def ttt_session_for(tmp_path):
 
 
 def test_peft_low_rank_reports_the_true_error(tmp_path, ttt_session):
-    from clslm.export_fold import ttt_deltas
+    from clslm.strategies.ttt_export import ttt_deltas
 
     deltas = ttt_deltas(ttt_session.strategy()).deltas
     ttt_session._strategy = None  # ttt_deltas took the wrappers out: reload
@@ -352,3 +352,16 @@ def test_doc2lora_exports_merged_and_peft(tmp_path, llama_dir):
     assert (asked - base).abs().max() > 100 * TOL, "the LoRA must change the model for this test to mean anything"
     assert (reload_logits(llama_dir, tmp_path / "adapter") - asked).abs().max() < TOL
     assert (reload_logits(tmp_path / "merged") - asked).abs().max() < TOL
+
+
+def test_export_knows_no_strategy_by_name():
+    """Whether and how a strategy exports are its own hooks (learns_in_weights, cannot_export, export_merged,
+    export_adapter, context_markdown): export.py imports no strategy and names none of them."""
+    import re
+
+    from clslm import export, registry
+
+    source = Path(export.__file__).read_text(encoding="utf-8")
+    assert not re.search(r"isinstance\(\w+, *(?!str|list|dict)[A-Z]", source) and not re.search(r"from \.strategies\.(?!base\b)", source)
+    for name in registry.BUILTIN:
+        assert not re.search(rf"[\"']{re.escape(name)}[\"']", source), name

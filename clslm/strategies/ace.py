@@ -394,6 +394,10 @@ class Ace(Strategy):
         sha256 = documents[position].get("sha256")
         self.playbook.bullets = [b for b in self.playbook.bullets if b["doc"] != sha256]
 
+    def context_markdown(self, extra: dict[str, Any]) -> list[str]:
+        bullets = (extra.get("playbook") or {}).get("bullets", [])
+        return ["## Playbook", "", *(f"- {b['text']}" for b in bullets), ""] if bullets else super().context_markdown(extra)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": backend_name(self.config), "bullets": len(self.playbook.bullets), "documents": len({b["doc"] for b in self.playbook.bullets})}
 

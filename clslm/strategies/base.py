@@ -83,6 +83,17 @@ class Merged:
     notes: list[str] = field(default_factory=list)  # what the fold changed or approximated, one line each
 
 
+@dataclass
+class Adapter:
+    """A peft model whose active LoRA adapter holds what was learned (for export --format peft)."""
+
+    model: Any
+    exact: bool = True  # reproduces the strategy (every document on) up to float rounding
+    rank: int | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per module: relative error of the approximation
+    notes: list[str] = field(default_factory=list)
+
+
 def is_peft_model(model) -> bool:
     return type(model).__module__.startswith("peft.")
 
@@ -222,6 +233,15 @@ class Strategy(ABC):
         raise InputError(f"{self.name}: cannot forget one document; `clslm reset` forgets every document")
 
     # ---- export (`clslm export`, docs/export.md) ----------------------------------------------------
+    def learns_in_weights(self) -> bool:
+        """Whether what was learned lives in the model's weights (exported as merged or peft weights) rather
+        than in the prompt (exported as its context)."""
+        return is_peft_model(self.model) or any(isinstance(m, DeltaModule) for m in self.model.modules())
+
+    def cannot_export(self, format: str) -> str | None:
+        """Why what was learned cannot be written as `format` ("merged", "peft") weights; None when it can."""
+        return None
+
     def export_merged(self) -> Merged:
         """What was learned folded into the model's own weights, as a plain transformers model.
 
@@ -244,6 +264,19 @@ class Strategy(ABC):
         """The peft model whose active LoRA adapter holds what was learned (for --format peft); None when
         what was learned is not LoRA-shaped."""
         return self.model if is_peft_model(self.model) else None
+
+    def export_adapter(self, rank: int) -> Adapter:
+        """What was learned as a LoRA adapter (--format peft, at most `rank` where it is approximated).
+        Default: lora_adapter() as it is; a strategy whose deltas are not LoRA overrides this."""
+        adapter = self.lora_adapter()
+        if adapter is None:
+            raise InputError(f"{self.name}: what it learned is not LoRA-shaped; export it with --format merged")
+        return Adapter(adapter, True, adapter.peft_config[adapter.active_adapter].r)
+
+    def context_markdown(self, extra: dict[str, Any]) -> list[str]:
+        """Markdown sections of context.md (--format context) for the JSON state `extra`; default: describe()."""
+        facts = self.describe()
+        return ["## State", "", *(f"- {k}: {v}" for k, v in facts.items()), ""] if facts else []
 
 
 def parse_options(config_cls: type[StrategyConfig], options: dict[str, str], base: StrategyConfig | None = None) -> StrategyConfig:

@@ -229,6 +229,14 @@ class JitrlMVP(Strategy):
     def describe(self) -> dict:
         return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}
 
+    def context_markdown(self, extra: dict) -> list[str]:
+        """The chunks under their document's name."""
+        chunks, lines = extra.get("chunks", []), []
+        for name in dict.fromkeys(c["document"] for c in chunks):
+            lines += [f"## {name}", ""]
+            lines += [part for c in chunks if c["document"] == name for part in (c["text"].strip(), "")]
+        return lines or super().context_markdown(extra)
+
     def forget(self, documents: list[dict], position: int) -> None:
         """Drop the document's chunks; its routing keys go with them (rebuilt if a namesake stays)."""
         chunks = share(reported_counts(self.name, documents, "chunks", len(self.chunks)), position)

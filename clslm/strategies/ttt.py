@@ -28,7 +28,7 @@ from torch import nn
 
 from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import DeltaModule, LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop
 from .forgetting import reported_counts, share
 from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
@@ -352,6 +352,17 @@ class TTT(Routed, Strategy):
                 del dual.ttt_patches[j]
         if len(self.router):  # sessions from before routing have none
             self.router.remove(parts)
+
+    # ---- export (ttt_export.py) ----------------------------------------------------------------------
+    def export_merged(self) -> Merged:
+        from .ttt_export import merged
+
+        return merged(self)
+
+    def export_adapter(self, rank: int) -> Adapter:
+        from .ttt_export import adapter
+
+        return adapter(self, rank)
 
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "parts": self.documents_learned, "neurons": sum(p.index.numel() for d in self.dual_mlps().values() for p in d.ttt_patches)}

@@ -254,5 +254,13 @@ class TTTLinear(Routed, Strategy):
             raise ValueError(f"changes must be the number of documents ({len(self.router)}), not {count!r}")
         self.changes = [[torch.zeros_like(m.fast_weight) for m in self.fast_layers()] for _ in range(count)]  # filled by load_state_dict
 
+    def cannot_export(self, format: str) -> str | None:
+        return (
+            f"ttt-linear cannot be exported as {format} weights: its fast weights add a linear path W·x beside "
+            "each MLP, and a gated MLP (Llama, Qwen2, Gemma 3) has no neuron that is linear in its input, so no "
+            "standard checkpoint or LoRA adapter reproduces it (see docs/export.md); use the session through "
+            "clslm or its Python API"
+        )
+
     def describe(self) -> dict:
         return {"layers": self.layer_ids, "documents": len(self.router), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}

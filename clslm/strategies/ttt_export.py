@@ -1,4 +1,4 @@
-"""ttt's learned neuron patches as plain weight changes, folded into the MLPs or factored as LoRA.
+"""ttt's export: its learned neuron patches as plain weight changes, folded into the MLPs or factored as LoRA.
 
 A ttt patch holds deltas (δ_gate, δ_up rows; δ_down columns) for some neurons of a gated MLP and acts as
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .strategies.anatomy import decoder_layers
+from .anatomy import decoder_layers
+from .base import Adapter, Merged
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -128,3 +129,22 @@ def lora_adapter(fold: Fold, rank: int):
             layers.append({"module": name, "relative_error": round(error, 8), "change_rank": change_rank})
     adapter.requires_grad_(False)
     return adapter, layers, r
+
+
+def merged(strategy) -> Merged:
+    """TTT.export_merged: every patch folded into its MLP's weights (the wrappers taken out)."""
+    fold = ttt_deltas(strategy)
+    apply(fold)
+    return Merged(fold.model, fold.exact, fold.notes)
+
+
+def adapter(strategy, rank: int) -> Adapter:
+    """TTT.export_adapter: every MLP's weight change as a rank-`rank` LoRA (truncated SVD), with its error."""
+    fold = ttt_deltas(strategy)
+    model, layers, r = lora_adapter(fold, rank)
+    worst = max((layer["relative_error"] for layer in layers), default=0.0)
+    notes = [*fold.notes, f"LoRA rank {r}: truncated SVD of each module's weight change; largest relative Frobenius error {worst:.3g} (per module in `layers`)"]
+    if worst > 0.01:
+        biggest = max(layer["change_rank"] for layer in layers)
+        notes.append(f"the weight changes have rank up to {biggest}: a larger --rank gives a closer adapter")
+    return Adapter(model, fold.exact and worst < 1e-6, r, layers, notes)
