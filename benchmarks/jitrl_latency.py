@@ -17,7 +17,7 @@ import torch
 
 from clslm.generation import chat_prompt
 from clslm.models import load_model, resolve_model
-from clslm.strategies.jitrl import JitrlFull, JitrlFullConfig
+from clslm.strategies.jitrl_full import JitrlFull, JitrlFullConfig
 
 
 def seconds_per_token(model, inputs, tokens: int, processors: list, repeats: int) -> float:

@@ -239,3 +239,37 @@ def chunk_spans(n_tokens: int, size: int, overlap: int = 0) -> list[tuple[int, i
             break
         start = end - overlap
     return spans
+
+
+def split_chunks(tokenizer, text: str, size: int, overlap: int) -> list[str]:
+    """A document as chunks (jitrl-mvp retrieves them, ace curates them): whole sentences packed into chunks
+    of at most `size` tokens (as `tokenizer` counts them); each chunk starts with the previous chunk's last
+    sentences, up to `overlap` tokens. A sentence over `size` tokens is cut into windows."""
+    from .generation import count_tokens
+
+    pieces = [p for s in split_sentences(text) for p in _windows(tokenizer, s, size, overlap)]
+    lengths = [count_tokens(tokenizer, " " + p) for p in pieces]  # as they appear inside a chunk
+    chunks, current = [], []
+    for i, n in enumerate(lengths):
+        if current and sum(lengths[j] for j in current) + n > size:
+            chunks.append(current)
+            current = _tail(current, lengths, min(overlap, size - n))
+        current.append(i)
+    return [" ".join(pieces[j] for j in chunk) for chunk in [*chunks, current] if chunk]
+
+
+def _windows(tokenizer, sentence: str, size: int, overlap: int) -> list[str]:
+    offsets = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= size:
+        return [sentence]
+    return [sentence[offsets[s][0] : offsets[e - 1][1]].strip() for s, e in chunk_spans(len(offsets), size, overlap)]
+
+
+def _tail(indices: list[int], lengths: list[int], room: int) -> list[int]:
+    """The last of `indices` whose lengths add up to at most `room`."""
+    tail: list[int] = []
+    for j in reversed(indices):
+        if sum(lengths[t] for t in tail) + lengths[j] > room:
+            break
+        tail.insert(0, j)
+    return tail

@@ -10,8 +10,8 @@ from .errors import StrategyNotImplemented, UnknownStrategy
 BUILTIN = {
     "ttt": "clslm.strategies.ttt:TTT",
     "ttt-linear": "clslm.strategies.ttt_linear:TTTLinear",
-    "jitrl-mvp": "clslm.strategies.jitrl:JitrlMVP",
-    "jitrl-full": "clslm.strategies.jitrl:JitrlFull",
+    "jitrl-mvp": "clslm.strategies.jitrl_mvp:JitrlMVP",
+    "jitrl-full": "clslm.strategies.jitrl_full:JitrlFull",
     "ace": "clslm.strategies.ace:Ace",
     "doc2lora": "clslm.strategies.doc2lora:Doc2LoRA",
 }

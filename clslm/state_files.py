@@ -273,7 +273,7 @@ def _jitrl_full_tensors(strategy, tensors: dict[str, Any]) -> None:
     """The store: keys [rows, width] (floating), next token ids [rows] within the vocabulary, center [width]."""
     import torch
 
-    from .strategies.jitrl import CENTER, KEYS, NEXT
+    from .strategies.jitrl_full import CENTER, KEYS, NEXT
 
     keys, nexts, center = tensors.get(KEYS), tensors.get(NEXT), tensors.get(CENTER)
     if keys is None or nexts is None or center is None:

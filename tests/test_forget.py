@@ -49,7 +49,7 @@ class ScriptedCurator(llm_client.LLMClient):
 
 @pytest.fixture(autouse=True)
 def scripted_ace(monkeypatch):
-    from clslm.strategies import ace
+    from clslm.strategies.ace import strategy as ace
 
     monkeypatch.setattr(llm_client, "_tiktoken", lambda: None)
     monkeypatch.setattr(ace, "make_client", lambda config, model, tokenizer: ScriptedCurator())

@@ -198,7 +198,7 @@ INJECTION = (
 
 
 def test_an_ace_document_cannot_pass_the_caps_or_write_outside_the_session(capfd, tmp_path, llama_dir, monkeypatch):
-    from clslm.strategies import ace
+    from clslm.strategies.ace import strategy as ace
 
     monkeypatch.setattr(llm_client, "_tiktoken", lambda: None)
     monkeypatch.setattr(ace, "make_client", lambda config, model, tokenizer: ObeyingClient())

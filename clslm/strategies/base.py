@@ -68,6 +68,14 @@ class LearnReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def timed_report(document: Document, tokenizer, start: float, **extra) -> LearnReport:
+    """The report of a learn that has no loss (prompt- and store-side strategies), timed from `start`."""
+    import time
+
+    tokens = len(tokenizer(document.text, add_special_tokens=False)["input_ids"])
+    return LearnReport(document.name, document.sha256, tokens, None, None, round(time.perf_counter() - start, 2), extra)
+
+
 class DeltaModule:
     """Mixin for modules a strategy injects: when `enabled` is False they must act as the base module."""
 

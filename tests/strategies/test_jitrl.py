@@ -11,7 +11,8 @@ from clslm.generation import count_tokens, generate, user_message
 from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies.base import parse_options
-from clslm.strategies.jitrl import MAX_BIAS, JitrlFull, JitrlMVP, StoreReward, TokenBias, stop_ids
+from clslm.strategies.jitrl_full import JitrlFull, StoreReward
+from clslm.strategies.jitrl_mvp import MAX_BIAS, JitrlMVP, TokenBias, stop_ids
 
 from conftest import DOCUMENT
 

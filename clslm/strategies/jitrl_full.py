@@ -1,14 +1,11 @@
-"""jitrl — learning that acts only while answering (after JitRL, arXiv 2601.18510).
+"""jitrl-full — learning that acts only while answering (after JitRL, arXiv 2601.18510), through the logits.
 
-Neither strategy changes a weight: the model's forward pass is the base model's, and what was learned
-reaches the answer through the prompt and through LogitsProcessors, which `disabled()` switches off.
-
-- `jitrl-mvp` keeps each document as token-bounded chunks. A question retrieves the best chunks by
-  TF-IDF; they go above the question within a token budget (the question is never cut), and tokens that
-  occur in them get a bounded logit bias.
-- `jitrl-full` keeps a store of (hidden state at one decoder layer, the token that followed) read off
-  each document. At every generated token the current hidden state is compared with the store; the
-  next tokens of close matches are rewarded in the logits (a kNN-LM-like modulation).
+No weight changes: the model's forward pass is the base model's (a hook only records one layer's output),
+and what was learned reaches the answer through a LogitsProcessor, which `disabled()` switches off. The
+strategy keeps a store of (hidden state at one decoder layer, the token that followed) read off each
+document. At every generated token the current hidden state is compared with the store; the next tokens
+of close matches are rewarded in the logits (a kNN-LM-like modulation). jitrl-mvp (jitrl_mvp.py) is its
+prompt-side counterpart.
 """
 
 from __future__ import annotations
@@ -20,235 +17,19 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-from ..documents import Document, chunk_spans, split_sentences
+from ..documents import Document, chunk_spans
 from ..errors import InputError
-from ..generation import chat_prompt, count_tokens, user_message
+from ..generation import chat_prompt
 from .anatomy import decoder_layers
-from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
-from .forgetting import cannot, drop_front, reported_counts, reported_rows, share
+from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, timed_report
+from .forgetting import cannot, drop_front, reported_rows, share
 from .gating import general_corpus
-from .router import DocumentKeys, Router, threshold_option
 
-MAX_BIAS = 5.0
 # Softmax temperature over cosine similarities: sharp enough that the closest states dominate, soft
 # enough that several matches agreeing on one next token add up.
 TEMPERATURE = 0.1
 WINDOW, WINDOW_OVERLAP = 1024, 128  # documents are read in windows of this many tokens
 KEYS, NEXT, CENTER, META = "jitrl_keys", "jitrl_next", "jitrl_center", "jitrl_meta"
-
-
-def _report(document: Document, tokenizer, start: float, **extra) -> LearnReport:
-    tokens = len(tokenizer(document.text, add_special_tokens=False)["input_ids"])
-    seconds = round(time.perf_counter() - start, 2)
-    return LearnReport(document.name, document.sha256, tokens, None, None, seconds, extra)
-
-
-# ---- jitrl-mvp ---------------------------------------------------------------------------------
-
-
-@dataclass
-class JitrlMVPConfig(StrategyConfig):
-    """jitrl-mvp options (-o KEY=VALUE)."""
-
-    k: int = 1  # chunks retrieved per question
-    chunk_tokens: int = 256  # longest chunk, in model tokens
-    overlap: int = 64  # tokens a chunk shares with the previous one
-    bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
-    budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
-    route_threshold: float = threshold_option("only documents whose router match (router.py) with the question reaches this are searched (0: all)")
-
-    def __post_init__(self):
-        super().__post_init__()  # route_threshold
-        self.check(self.k >= 1, "k must be >= 1")
-        self.check(self.chunk_tokens >= 8, "chunk_tokens must be >= 8")
-        self.check(0 <= self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
-        self.check(0 <= self.bias <= MAX_BIAS, f"bias must be in [0, {MAX_BIAS}]")
-        self.check(self.budget >= 1, "budget must be >= 1")
-
-
-def split_chunks(tokenizer, text: str, size: int, overlap: int) -> list[str]:
-    """Whole sentences packed into chunks of at most `size` tokens; each chunk starts with the previous
-    chunk's last sentences, up to `overlap` tokens. A sentence over `size` tokens is cut into windows."""
-    pieces = [p for s in split_sentences(text) for p in _windows(tokenizer, s, size, overlap)]
-    lengths = [count_tokens(tokenizer, " " + p) for p in pieces]  # as they appear inside a chunk
-    chunks, current = [], []
-    for i, n in enumerate(lengths):
-        if current and sum(lengths[j] for j in current) + n > size:
-            chunks.append(current)
-            current = _tail(current, lengths, min(overlap, size - n))
-        current.append(i)
-    return [" ".join(pieces[j] for j in chunk) for chunk in [*chunks, current] if chunk]
-
-
-def _windows(tokenizer, sentence: str, size: int, overlap: int) -> list[str]:
-    offsets = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if len(offsets) <= size:
-        return [sentence]
-    return [sentence[offsets[s][0] : offsets[e - 1][1]].strip() for s, e in chunk_spans(len(offsets), size, overlap)]
-
-
-def _tail(indices: list[int], lengths: list[int], room: int) -> list[int]:
-    """The last of `indices` whose lengths add up to at most `room`."""
-    tail: list[int] = []
-    for j in reversed(indices):
-        if sum(lengths[t] for t in tail) + lengths[j] > room:
-            break
-        tail.insert(0, j)
-    return tail
-
-
-def _after_overlap(previous: str, text: str) -> str:
-    """`text` without the sentences it repeats from the end of `previous` (chunk overlap)."""
-    for cut in range(len(text), 0, -1):
-        if text[cut - 1] in ".!?\"')" and previous.endswith(text[:cut]):
-            return text[cut:].strip()
-    return text
-
-
-def stop_ids(model, tokenizer) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
-    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-
-
-class TokenBias(LogitsProcessor):
-    """Adds `bias` (at most MAX_BIAS) to the logits of a fixed set of token ids."""
-
-    def __init__(self, ids: torch.Tensor, bias: float):
-        self.ids, self.bias = ids, min(float(bias), MAX_BIAS)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.clone()
-        scores[:, self.ids.to(scores.device)] += self.bias
-        return scores
-
-
-class JitrlMVP(Strategy):
-    """TF-IDF retrieval of document chunks into the prompt, plus a bounded bias toward their tokens."""
-
-    name = "jitrl-mvp"
-    Config = JitrlMVPConfig
-    paper = "2601.18510"
-    summary = "retrieves TF-IDF-ranked document chunks into the prompt, with a bounded logit bias toward their tokens"
-    learn_seconds_per_1k_tokens = 0.04  # docs/benchmarks.md, current summary
-
-    def attach(self) -> None:
-        self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}
-        self.router = Router(self.config, named=True)  # one unit per document name
-        self._index = None  # (vectorizer, chunk matrix), fitted at the first question
-
-    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
-        start = time.perf_counter()
-        texts = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, self.config.overlap)
-        self.chunks += [{"document": document.name, "text": t} for t in texts]
-        self.router.put(document.name, self._keys_from_chunks(document.name))
-        self._index = None
-        on_step(Step(1, 1, phase="chunk"))
-        return _report(document, self.tokenizer, start, chunks=len(texts))
-
-    # ---- retrieval -----------------------------------------------------------------------------
-    def _fitted(self):
-        if self._index is None:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
-            try:
-                self._index = (vectorizer, vectorizer.fit_transform([c["text"] for c in self.chunks]))
-            except ValueError:  # the chunks hold nothing but stop words
-                self._index = (None, None)
-        return self._index
-
-    def routed_documents(self, question: str) -> set[str]:
-        """Documents the question matches well enough to search: general questions find none."""
-        return self.router.matching_names(question)
-
-    def retrieve(self, question: str) -> list[int]:
-        """Indices of the k chunks of routed documents most similar to the question (cosine > 0), best first."""
-        if not self.chunks:
-            return []
-        vectorizer, matrix = self._fitted()
-        if vectorizer is None:
-            return []
-        routed = self.routed_documents(question)
-        scores = (matrix @ vectorizer.transform([question]).T).toarray().ravel()
-        candidates = [i for i, c in enumerate(self.chunks) if scores[i] > 0 and c["document"] in routed]
-        return sorted(candidates, key=lambda i: -scores[i])[: self.config.k]
-
-    def selected(self, question: str) -> list[int]:
-        """Retrieved chunks that fit in the budget beside the whole question, in document order."""
-        budget = self.config.budget
-        n = count_tokens(self.tokenizer, question)
-        if n > budget:
-            raise InputError(f"jitrl-mvp: the question is {n} tokens, over the budget of {budget}; the question is never cut, so raise -o budget")
-        chosen: list[int] = []
-        for i in self.retrieve(question):
-            trial = sorted(chosen + [i])
-            if count_tokens(self.tokenizer, user_message(question, self._join(trial))) <= budget:
-                chosen = trial
-        return chosen
-
-    def _join(self, indices: list[int]) -> str:
-        texts = []
-        for prev, i in zip([None, *indices], indices):
-            text = self.chunks[i]["text"]
-            if prev == i - 1 and self.chunks[prev]["document"] == self.chunks[i]["document"]:
-                texts[-1] += " " + _after_overlap(self.chunks[prev]["text"], text)  # adjacent chunks: read on
-            else:
-                texts.append(text)
-        return "\n\n".join(t.strip() for t in texts)
-
-    # ---- answering -----------------------------------------------------------------------------
-    def prompt_context(self, question: str) -> str:
-        return self._join(self.selected(question))
-
-    def logits_processors(self, question: str) -> list:
-        context = self.prompt_context(question)
-        if not context or self.config.bias == 0:
-            return []
-        ids = set(self.tokenizer(context, add_special_tokens=False)["input_ids"])
-        # Stop tokens get the bias too: otherwise every chunk token gains on them and answers ramble on.
-        ids |= stop_ids(self.model, self.tokenizer)
-        return [TokenBias(torch.tensor(sorted(ids), device=self.model.device), self.config.bias)]
-
-    # ---- state ---------------------------------------------------------------------------------
-    def extra_state(self) -> dict:
-        return {"chunks": self.chunks, "keys": self.router.to_json()} if self.chunks else {}
-
-    def load_extra_state(self, state: dict) -> None:
-        chunks = state.get("chunks", [])
-        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
-            raise InputError("jitrl-mvp: saved chunks are malformed")
-        self.chunks, self._index = list(chunks), None
-        saved = state.get("keys", {})
-        for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild
-            self.router.put(name, DocumentKeys.from_json(saved[name]) if name in saved else self._keys_from_chunks(name))
-
-    def _keys_from_chunks(self, name: str) -> DocumentKeys:
-        return DocumentKeys.from_text(" ".join(c["text"] for c in self.chunks if c["document"] == name))
-
-    def describe(self) -> dict:
-        return {"chunks": len(self.chunks), "documents": len({c["document"] for c in self.chunks})}
-
-    def context_markdown(self, extra: dict) -> list[str]:
-        """The chunks under their document's name."""
-        chunks, lines = extra.get("chunks", []), []
-        for name in dict.fromkeys(c["document"] for c in chunks):
-            lines += [f"## {name}", ""]
-            lines += [part for c in chunks if c["document"] == name for part in (c["text"].strip(), "")]
-        return lines or super().context_markdown(extra)
-
-    def forget(self, documents: list[dict], position: int) -> None:
-        """Drop the document's chunks; its routing keys go with them (rebuilt if a namesake stays)."""
-        chunks = share(reported_counts(self.name, documents, "chunks", len(self.chunks)), position)
-        name = documents[position]["name"]
-        del self.chunks[chunks.start : chunks.stop]
-        self._index = None
-        self.router.pop(name)
-        if any(c["document"] == name for c in self.chunks):
-            self.router.put(name, self._keys_from_chunks(name))
-
-
-# ---- jitrl-full --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -351,7 +132,7 @@ class JitrlFull(Strategy):
         dropped = self._append(torch.cat(keys), torch.cat(nexts))
         if self.rows is not None:
             self.rows = drop_front([*self.rows, added], dropped)
-        return _report(document, self.tokenizer, start, rows=added, store_rows=len(self.next_ids), dropped=dropped, layer=self.layer_index)
+        return timed_report(document, self.tokenizer, start, rows=added, store_rows=len(self.next_ids), dropped=dropped, layer=self.layer_index)
 
     def _general_center(self) -> torch.Tensor:
         """Mean direction of the layer's states on everyday chat prompts (clslm's general corpus).

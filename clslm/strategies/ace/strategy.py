@@ -1,0 +1,152 @@
+"""The `ace` strategy: Generator → Reflector → Curator over each chunk of a document; the relevant
+bullets go above the question."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from ...documents import Document, split_chunks
+from ...generation import count_tokens
+from ..base import LearnReport, Step, StepCallback, Strategy, noop
+from ..llm_client import InProcessClient, LLMClient, Messages, OllamaClient, OpenAIClient, ollama_url
+from ..tfidf import rank
+from .config import AceConfig
+from .playbook import Playbook
+from .prompts import InvalidReply, curator_task, delta_schema, generator_task, lessons_schema, messages, parse_delta, parse_lessons, reflector_task, retry_messages
+
+
+def within_budget(bullets: list[dict[str, Any]], count, budget: int) -> list[dict[str, Any]]:
+    """The leading bullets whose lines together fit in `budget` tokens (as `count` counts them)."""
+    chosen: list[dict[str, Any]] = []
+    for bullet in bullets:
+        if count("\n".join(f"- {b['text']}" for b in [*chosen, bullet])) > budget:
+            break
+        chosen.append(bullet)
+    return chosen
+
+
+class Ace(Strategy):
+    """A playbook of short bullets curated from documents by Generator → Reflector → Curator."""
+
+    name = "ace"
+    Config = AceConfig
+    paper = "2510.04618"
+    summary = "curates a bounded playbook of short bullets (Generator → Reflector → Curator delta patches); relevant bullets go above the question"
+    learn_seconds_per_1k_tokens = 1215.0  # docs/benchmarks.md, current summary
+
+    def attach(self) -> None:
+        self.playbook = Playbook(self.config.max_bullets, self.config.max_bullet_chars)
+        self._client: LLMClient | None = None
+
+    @property
+    def client(self) -> LLMClient:
+        if self._client is None:
+            self._client = make_client(self.config, self.model, self.tokenizer)
+        return self._client
+
+    @client.setter
+    def client(self, value: LLMClient) -> None:
+        self._client = value
+
+    # ---- learning --------------------------------------------------------------------------------
+    def learn(self, document: Document, on_step: StepCallback = noop) -> LearnReport:
+        start = time.perf_counter()
+        chunks = split_chunks(self.tokenizer, document.text, self.config.chunk_tokens, 0)
+        stats: Counter = Counter()
+        for i, chunk in enumerate(chunks):
+            self.learn_chunk(chunk, document.sha256, i, stats)
+            on_step(Step(i + 1, len(chunks), phase="curate"))
+        tokens = count_tokens(self.tokenizer, document.text)
+        extra = {"chunks": len(chunks), "bullets": len(self.playbook.bullets), **dict(sorted(stats.items()))}
+        return LearnReport(document.name, document.sha256, tokens, None, None, round(time.perf_counter() - start, 2), extra)
+
+    def learn_chunk(self, chunk: str, doc: str, index: int, stats: Counter) -> None:
+        """Generator → Reflector → Curator on one chunk; a valid delta is merged, an invalid one dropped."""
+        c = self.config
+        shown = self.shown_bullets(chunk)
+        drafts = self.client.chat(messages(chunk, shown, generator_task(c.questions)))
+        lessons = self._json_call(
+            messages(chunk, shown, reflector_task(drafts, c.max_bullet_chars)),
+            lessons_schema(c.max_ops, c.max_bullet_chars),
+            lambda reply: parse_lessons(reply, c.max_ops, c.max_bullet_chars),
+            stats,
+        )
+        if not lessons:
+            return
+        ids = [b["id"] for b in shown]
+        ops = self._json_call(
+            messages(chunk, shown, curator_task(lessons, c.max_ops, c.max_bullet_chars)),
+            delta_schema(ids, c.max_ops, c.max_bullet_chars),
+            lambda reply: parse_delta(reply, ids, c.max_ops, c.max_bullet_chars),
+            stats,
+        )
+        if ops is None:
+            stats["dropped_deltas"] += 1
+            return
+        stats.update(self.playbook.apply(ops, doc, index))
+
+    def _json_call(self, base: Messages, schema: dict[str, Any], parse, stats: Counter):
+        """The parsed reply, asking once more after an invalid one; None when both are invalid."""
+        prompt = base
+        for _ in range(2):
+            reply = self.client.chat(prompt, schema=schema)
+            try:
+                return parse(reply)
+            except InvalidReply as error:
+                stats["invalid_replies"] += 1
+                prompt = retry_messages(base, reply, error)
+        return None
+
+    def shown_bullets(self, chunk: str) -> list[dict[str, Any]]:
+        """Bullets related to the chunk (the only ones a delta may update or remove), within llm_budget."""
+        ranked = [self.playbook.bullets[i] for i in rank([b["text"] for b in self.playbook.bullets], chunk)]
+        return within_budget(ranked[: self.config.k], self.client.count_tokens, self.config.llm_budget)
+
+    # ---- answering -------------------------------------------------------------------------------
+    def relevant(self, question: str) -> list[dict[str, Any]]:
+        """The k bullets most similar to the question that fit in `budget` model tokens, best first."""
+        ranked = [self.playbook.bullets[i] for i in rank([b["text"] for b in self.playbook.bullets], question)]
+        return within_budget(ranked[: self.config.k], lambda text: count_tokens(self.tokenizer, text), self.config.budget)
+
+    def prompt_context(self, question: str) -> str:
+        bullets = self.relevant(question)
+        return "Notes:\n" + "\n".join(f"- {b['text']}" for b in bullets) if bullets else ""
+
+    # ---- state -----------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {"playbook": self.playbook.to_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.playbook = Playbook.from_dict(state.get("playbook"), self.config.max_bullets, self.config.max_bullet_chars)
+
+    def forget(self, documents: list[dict[str, Any]], position: int) -> None:
+        """Drop the bullets the document wrote last (a bullet a later document updated is that one's)."""
+        sha256 = documents[position].get("sha256")
+        self.playbook.bullets = [b for b in self.playbook.bullets if b["doc"] != sha256]
+
+    def context_markdown(self, extra: dict[str, Any]) -> list[str]:
+        bullets = (extra.get("playbook") or {}).get("bullets", [])
+        return ["## Playbook", "", *(f"- {b['text']}" for b in bullets), ""] if bullets else super().context_markdown(extra)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": backend_name(self.config), "bullets": len(self.playbook.bullets), "documents": len({b["doc"] for b in self.playbook.bullets})}
+
+
+def backend_name(config: AceConfig) -> str:
+    if config.llm_url:
+        return f"openai-compatible {config.llm_url} ({config.llm_model or 'default'})"
+    if config.llm_model:
+        return f"ollama {ollama_url(config.ollama_url)} ({config.llm_model})"
+    return "in-process"
+
+
+def make_client(config: AceConfig, model, tokenizer) -> LLMClient:
+    """llm_url → OpenAI-compatible server; llm_model alone → Ollama; neither → the session's own model."""
+    if not config.llm_url and not config.llm_model:
+        return InProcessClient(model, tokenizer, max_tokens=config.reply_tokens)
+    options = dict(timeout=config.timeout, seed=config.seed, max_tokens=config.reply_tokens)
+    if config.llm_url:
+        return OpenAIClient(config.llm_url, config.llm_model, **options)
+    return OllamaClient(config.ollama_url, config.llm_model, **options)
