@@ -9,161 +9,34 @@ general-knowledge set, with the mean NLL of its accepted answers as a smooth com
 
 `base`, `in_context` and the general set before learning do not depend on the strategy: run_reference()
 computes them once, and run_compare() shares them across strategies. Nothing here prints: progress goes
-through `progress(phase, done, total)`.
+through `progress(phase, done, total)`. The runners are here; the settings, result dataclasses, metrics
+and scoring are in bench_results.py.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from . import registry
+from .bench_results import BenchResult, BenchSettings, Comparison, Reference, Trial, Unavailable, _reference_summary, _score
 from .benchdata import FactsDoc, GeneralQuestion
 from .documents import Document
 from .errors import ClslmError, InputError, StrategyNotImplemented
-from .machine import machine_info, peak_rss_mb
-from .models import DEFAULT_MODEL
-from .options import parse_key_values
-from .scoring import accuracy, contains_answer, mean_f1, strict_accuracy, strict_answer
-
 from .generation import READ_INSTRUCTION as FACTS_INSTRUCTION
+from .machine import machine_info
+from .options import parse_key_values
+
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 def no_progress(phase: str, done: int, total: int) -> None:
     pass
-
-
-@dataclass
-class BenchSettings:
-    """What every strategy in a run shares: model, mode, decoding budget, device."""
-
-    model: str = DEFAULT_MODEL
-    mode: Literal["sequential", "independent"] = "sequential"
-    max_new_tokens: int = 40  # facts questions (greedy)
-    general_max_new_tokens: int = 24
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-@dataclass
-class Reference:
-    """Strategy-independent answers: one per facts question (file order) and per general question."""
-
-    base: list[str]
-    in_context: list[str]
-    general: list[str]
-    general_nll: list[float]
-    doc_tokens: list[int]  # model tokens per document
-
-
-@dataclass
-class QuestionRow:
-    """One facts question with its three answers (the --out CSV)."""
-
-    doc_id: str
-    question: str
-    answers: list[str]
-    base: str
-    in_context: str
-    learned: str
-    base_hit: bool
-    in_context_hit: bool
-    learned_hit: bool
-    base_strict: bool  # scoring.strict_answer
-    in_context_strict: bool
-    learned_strict: bool
-
-
-@dataclass
-class BenchResult:
-    """One strategy's figures; asdict() is the `clslm bench --json` object. Per-question rows: .rows."""
-
-    strategy: str
-    options: dict[str, str]  # the -o options it ran with (a mode such as doc2lora's "simulated" shows here)
-    model: str
-    mode: str
-    docs: int
-    questions: int
-    accuracy: dict[str, float]  # base, in_context, learned (answer-contains)
-    strict_accuracy: dict[str, float]  # the same, strict: no other answer of its kind first, no take-back
-    f1: dict[str, float]
-    gain_recovery: float | None
-    general: dict[str, Any]  # questions, before, after, nll_before, nll_after
-    forgetting: float | None
-    retention: dict[str, float | None]  # first_doc_right_after, first_doc_after_all (sequential only)
-    learn_seconds: float
-    learn_seconds_per_1k_tokens: float
-    ask_seconds_mean: float
-    peak_rss_mb: float | None  # the process's high-water mark (shared by every strategy of a compare run)
-    state_mb_per_doc: float
-    machine: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        self.rows: list[QuestionRow] = []  # an attribute, not a field: kept out of asdict()
-
-
-@dataclass
-class Unavailable:
-    """A strategy a compare run could not measure (not implemented yet, or failed)."""
-
-    strategy: str
-    status: str  # "not implemented" | "failed"
-    message: str
-
-
-@dataclass
-class Comparison:
-    """Several strategies on the same documents, questions and model."""
-
-    model: str
-    mode: str
-    docs: int
-    questions: int
-    reference: dict[str, Any]  # accuracy/strict_accuracy/f1 of base and in_context, general before
-    strategies: list[BenchResult | Unavailable]
-    machine: dict[str, Any]
-
-
-@dataclass
-class _Trial:
-    """What learning produced, before scoring."""
-
-    learned: list[str] = field(default_factory=list)
-    first_right_after: list[str] = field(default_factory=list)
-    first_after_all: list[str] | None = None
-    general: list[str] = field(default_factory=list)
-    general_nll: list[float] = field(default_factory=list)
-    learn_seconds: float = 0.0
-    ask_seconds: list[float] = field(default_factory=list)
-    state_bytes: list[int] = field(default_factory=list)
-
-
-# ---- arithmetic ------------------------------------------------------------------------------------
-def gain_recovery(base: float, in_context: float, learned: float) -> float | None:
-    """Share of the in-context gain that learning recovers; None when reading gains nothing."""
-    return None if in_context == base else (learned - base) / (in_context - base)
-
-
-def forgetting(before: float | None, after: float | None) -> float | None:
-    """Relative loss of general accuracy; None when there is nothing to lose."""
-    return None if not before or after is None else (before - after) / before
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def _round(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
 # ---- running -----------------------------------------------------------------------------------------
@@ -284,9 +157,9 @@ def _fresh_session(strategy: str, settings: BenchSettings, options: dict[str, st
             yield session
 
 
-def _sequential(strategy, facts, general, settings, options, progress) -> _Trial:
+def _sequential(strategy, facts, general, settings, options, progress) -> Trial:
     """One session learns every document in order, then answers every question (the real use)."""
-    trial = _Trial()
+    trial = Trial()
     with _fresh_session(strategy, settings, options) as session:
         for i, doc in enumerate(facts):
             trial.learn_seconds += _learn(session, doc, f"{strategy}: learning {doc.id} ({i + 1}/{len(facts)})", progress)
@@ -300,9 +173,9 @@ def _sequential(strategy, facts, general, settings, options, progress) -> _Trial
     return trial
 
 
-def _independent(strategy, facts, general, settings, options, progress) -> _Trial:
+def _independent(strategy, facts, general, settings, options, progress) -> Trial:
     """A fresh session per document; the general set is measured after the last one."""
-    trial = _Trial()
+    trial = Trial()
     for i, doc in enumerate(facts):
         with _fresh_session(strategy, settings, options) as session:
             trial.learn_seconds += _learn(session, doc, f"{strategy}: learning {doc.id} ({i + 1}/{len(facts)})", progress)
@@ -339,77 +212,9 @@ def _answer_each(answer: Callable, items: list, phase: str, progress: Progress) 
     return texts, seconds
 
 
-def _general_after(session, general, settings, phase, progress, trial: _Trial) -> None:
+def _general_after(session, general, settings, phase, progress, trial: Trial) -> None:
     trial.general, _ = _answer_each(lambda g: session.ask(g.question, max_new_tokens=settings.general_max_new_tokens), general, phase, progress)
     strategy = session.strategy()
     trial.general_nll = [strategy.answer_nll(g.question, g.answers[0]) for g in general]
 
 
-# ---- scoring -------------------------------------------------------------------------------------------
-def _score(strategy, options, facts, general, settings, reference: Reference, trial: _Trial) -> BenchResult:
-    answers, questions = [qa.answers for doc in facts for qa in doc.qa], [qa.question for doc in facts for qa in doc.qa]
-    runs = {"base": reference.base, "in_context": reference.in_context, "learned": trial.learned}
-    acc = {k: accuracy(v, answers) for k, v in runs.items()}
-    first = answers[: len(facts[0].qa)]
-    general_summary = _general_summary(general, reference, trial)
-    tokens = sum(reference.doc_tokens)
-    result = BenchResult(
-        strategy=strategy,
-        options=dict(options),
-        model=settings.model,
-        mode=settings.mode,
-        docs=len(facts),
-        questions=len(answers),
-        accuracy={k: _round(v) for k, v in acc.items()},
-        strict_accuracy={k: _round(strict_accuracy(v, answers, questions)) for k, v in runs.items()},
-        f1={k: _round(mean_f1(v, answers)) for k, v in runs.items()},
-        gain_recovery=_round(gain_recovery(acc["base"], acc["in_context"], acc["learned"])),
-        general=general_summary,
-        forgetting=_round(forgetting(general_summary["before"], general_summary["after"])),
-        retention={
-            "first_doc_right_after": _round(accuracy(trial.first_right_after, first)),
-            "first_doc_after_all": _round(accuracy(trial.first_after_all, first)) if trial.first_after_all is not None else None,
-        },
-        learn_seconds=round(trial.learn_seconds, 2),
-        learn_seconds_per_1k_tokens=round(trial.learn_seconds / max(tokens, 1) * 1000, 2),
-        ask_seconds_mean=round(_mean(trial.ask_seconds), 3),
-        peak_rss_mb=peak_rss_mb(),
-        state_mb_per_doc=round(sum(trial.state_bytes) / 1e6 / len(facts), 4),
-        machine=machine_info(settings.device, settings.dtype),
-    )
-    result.rows = _rows(facts, reference, trial)
-    return result
-
-
-def _reference_summary(facts, general, reference: Reference) -> dict[str, Any]:
-    answers, questions = [qa.answers for doc in facts for qa in doc.qa], [qa.question for doc in facts for qa in doc.qa]
-    runs = {"base": reference.base, "in_context": reference.in_context}
-    return {
-        "accuracy": {k: _round(accuracy(v, answers)) for k, v in runs.items()},
-        "strict_accuracy": {k: _round(strict_accuracy(v, answers, questions)) for k, v in runs.items()},
-        "f1": {k: _round(mean_f1(v, answers)) for k, v in runs.items()},
-        "general": {k: v for k, v in _general_summary(general, reference, None).items() if not k.endswith("after")},
-    }
-
-
-def _general_summary(general, reference: Reference, trial: _Trial | None) -> dict[str, Any]:
-    answers = [g.answers for g in general]
-    if not general:
-        return {"questions": 0, "before": None, "after": None, "nll_before": None, "nll_after": None}
-    return {
-        "questions": len(general),
-        "before": _round(accuracy(reference.general, answers)),
-        "after": _round(accuracy(trial.general, answers)) if trial else None,
-        "nll_before": _round(_mean(reference.general_nll)),
-        "nll_after": _round(_mean(trial.general_nll)) if trial else None,
-    }
-
-
-def _rows(facts, reference: Reference, trial: _Trial) -> list[QuestionRow]:
-    pairs = [(doc, qa) for doc in facts for qa in doc.qa]
-    rows = []
-    for (doc, qa), base, read, learned in zip(pairs, reference.base, reference.in_context, trial.learned, strict=True):
-        hits = [contains_answer(x, list(qa.answers)) for x in (base, read, learned)]
-        strict = [strict_answer(x, list(qa.answers), qa.question) for x in (base, read, learned)]
-        rows.append(QuestionRow(doc.id, qa.question, list(qa.answers), base, read, learned, *hits, *strict))
-    return rows

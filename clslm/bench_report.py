@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchResult, Comparison, QuestionRow, Unavailable
+from .bench_results import BenchResult, Comparison, QuestionRow, Unavailable
 
 COLUMNS = (
     "setting",

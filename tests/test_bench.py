@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clslm.bench import BenchSettings, Unavailable, forgetting, gain_recovery, run_bench, run_compare
+from clslm.bench import run_bench, run_compare
+from clslm.bench_results import BenchSettings, Unavailable, forgetting, gain_recovery
 from clslm.benchdata import bundled, load_facts, load_general
 from clslm.cli import main
 from clslm.errors import InputError
@@ -99,7 +100,7 @@ def test_forgetting():
 
 def test_score_reports_strict_accuracy_next_to_accuracy(tmp_path):
     """Issue 25: replies right by answer-contains but wrong by strict count in accuracy, not in strict_accuracy."""
-    from clslm.bench import Reference, _score, _Trial
+    from clslm.bench_results import Reference, Trial, _score
     from clslm.bench_report import markdown, reference_of, table_rows, write_outputs
     from clslm.benchdata import QA, FactsDoc
 
@@ -117,7 +118,7 @@ def test_score_reports_strict_accuracy_next_to_accuracy(tmp_path):
         "It was written by L. Peter Deutsch.",
     ]
     reference = Reference(base=["I do not know."] * 4, in_context=contradicting, general=[], general_nll=[], doc_tokens=[100])
-    trial = _Trial(learned=contradicting[:2] + ["M&T Books published it.", "Deutsch."], first_right_after=contradicting, first_after_all=contradicting)
+    trial = Trial(learned=contradicting[:2] + ["M&T Books published it.", "Deutsch."], first_right_after=contradicting, first_after_all=contradicting)
     result = _score("ttt", {}, facts, [], BenchSettings(device="cpu"), reference, trial)
     assert result.accuracy == {"base": 0.0, "in_context": 1.0, "learned": 1.0}
     assert result.strict_accuracy == {"base": 0.0, "in_context": 0.25, "learned": 0.5}

@@ -55,7 +55,8 @@ def bench(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write DIR/result.json and DIR/questions.csv (every question's three answers).", show_default=False)] = None,
 ) -> None:
     """Measure one strategy: accuracy base / in context / learned, forgetting, retention, time and memory."""
-    from ..bench import BenchSettings, run_bench
+    from ..bench import run_bench
+    from ..bench_results import BenchSettings
     from ..bench_report import write_outputs
 
     facts_set, general_set = _load_sets(facts, general, docs, general_questions)
@@ -92,7 +93,8 @@ def compare(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write DIR/compare.json, DIR/compare.md and DIR/STRATEGY/questions.csv.", show_default=False)] = None,
 ) -> None:
     """Benchmark several strategies on the same documents, questions and model; one table."""
-    from ..bench import BenchSettings, run_compare
+    from ..bench import run_compare
+    from ..bench_results import BenchSettings
     from ..bench_report import markdown, table_rows, write_comparison
 
     names = _strategy_list(strategies)
