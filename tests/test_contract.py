@@ -387,6 +387,26 @@ def test_config_from_dict_drops_unknown_keys_and_fills_defaults():
     assert config == _ToyConfig(steps=4)
 
 
+def test_every_option_declares_its_help_and_its_bounds_are_checked(strategy_name):
+    """Options are declared with option(default, help, min=/max=/above=): StrategyConfig checks the bounds,
+    `clslm strategies` shows them with the help."""
+    cls = registry.get(strategy_name).Config
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{strategy_name}: option {f.name} has no help"
+        low, high, above = (f.metadata.get(k) for k in ("min", "max", "above"))
+        outside = [v for v in (low - 1 if low is not None else None, above, high + 1 if high is not None else None) if v is not None]
+        for value in outside:
+            with pytest.raises(InputError, match=rf"{f.name} must be (>|in)") as e:
+                parse_options(cls, {f.name: str(int(value) if f.type in ("int", int) else float(value))})
+            assert e.value.exit_code == 3
+        for value in (low, high):  # the bounds themselves are allowed (unless another check needs more)
+            if value is not None and above is None:
+                try:
+                    parse_options(cls, {f.name: str(value)})
+                except InputError as e:
+                    assert f"{f.name} must be" not in str(e), e
+
+
 def test_strategy_config_validation_is_an_input_error(strategy_name):
     cls = registry.get(strategy_name).Config
     import dataclasses

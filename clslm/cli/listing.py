@@ -1,4 +1,4 @@
-"""The rows of `clslm strategies`: name, summary, paper, -o options with defaults, presets.
+"""The rows of `clslm strategies`: name, summary, paper, -o options with defaults, their help and bounds, presets.
 
 Reading them from the built-in strategies means importing their modules, and so torch (seconds). They are
 kept in $CLSLM_HOME/strategies-<key>.json, the key a hash of clslm's version and of the strategy sources'
@@ -33,9 +33,12 @@ def read_row(name: str) -> dict[str, Any]:
         cls = registry.get(name)
     except ClslmError:
         return {"name": name, "available": False, "summary": "not implemented yet", "options": {}}
+    from ..strategies.base import option_help
+
     options = {f.name: f.default for f in dataclasses.fields(cls.Config)}
     presets = getattr(cls.Config, "PRESETS", {})
-    return {"name": name, "available": True, "summary": cls.summary, "paper": cls.paper, "options": options, "presets": presets}
+    row = {"name": name, "available": True, "summary": cls.summary, "paper": cls.paper, "options": options, "presets": presets}
+    return row | {"help": option_help(cls.Config)}
 
 
 def sources_key() -> str:

@@ -41,7 +41,7 @@ def docs(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> 
 
 @app.command()
 def strategies(as_json: JsonOpt = False) -> None:
-    """List strategies, their -o options with defaults, and their presets (-o preset=NAME)."""
+    """List strategies, their -o options with defaults, help and bounds, and their presets (-o preset=NAME)."""
     from .listing import strategy_rows
 
     rows = strategy_rows()
@@ -50,7 +50,8 @@ def strategies(as_json: JsonOpt = False) -> None:
         return
     for row in rows:
         out.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
-        if row["options"]:
-            out.print("   " + "  ".join(f"{k}={v}" for k, v in row["options"].items()), highlight=False)
+        helps = row.get("help", {})
+        for key, value in row["options"].items():
+            out.print(f"   {key}={value}" + (f"  {helps[key]}" if helps.get(key) else ""), highlight=False)
         for preset, values in row.get("presets", {}).items():
             out.print(f"   preset={preset}: " + " ".join(f"{k}={v}" for k, v in values.items()), highlight=False)

@@ -15,23 +15,51 @@ from ..errors import InputError
 from ..generation import Answer, generate
 
 
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
+    """A Config field with its help and bounds (`min` <= value <= `max`; `above` < value), which
+    StrategyConfig checks and `clslm strategies` shows."""
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("above", above)) if v is not None}
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+def bounds_text(metadata: Any) -> str:
+    """A field's bounds as its check's message says them: "in (0, 1]", ">= 1", "" when it has none."""
+    low, high, above = (metadata.get(k) for k in ("min", "max", "above"))
+    if above is not None:
+        return f"> {above}" if high is None else f"in ({above}, {high}]"
+    if low is not None:
+        return f">= {low}" if high is None else f"in [{low}, {high}]"
+    return ""
+
+
+def option_help(config_cls: type) -> dict[str, str]:
+    """Each option's help, with its bounds (for `clslm strategies`)."""
+    texts = {}
+    for f in dataclasses.fields(config_cls):
+        bounds = bounds_text(f.metadata)
+        texts[f.name] = f.metadata.get("help", "") + (f" ({bounds})" if bounds else "")
+    return texts
+
+
 @dataclass
 class StrategyConfig:
-    """Hyperparameters; saved in session.json; set from the CLI with -o KEY=VALUE."""
+    """Hyperparameters; saved in session.json; set from the CLI with -o KEY=VALUE.
 
-    seed: int = 0
+    Declare each option with option(default, help, min=/max=/above=): its bounds are checked here, in
+    __post_init__ (a subclass with checks across options calls super().__post_init__() first).
+    """
+
+    seed: int = option(0, "random seed of everything the strategy draws")
 
     def __post_init__(self) -> None:
-        """Check every field's declared bounds (metadata "min", "max", "above": an exclusive least value)."""
+        """Check every option's declared bounds (metadata "min", "max", "above": an exclusive least value)."""
         for f in dataclasses.fields(self):
             low, high, above = (f.metadata.get(k) for k in ("min", "max", "above"))
-            value = getattr(self, f.name)
-            if above is not None:
-                ok = above < value and (high is None or value <= high)
-                self.check(ok, f"{f.name} must be > {above}" if high is None else f"{f.name} must be in ({above}, {high}]")
-            elif low is not None:
-                ok = low <= value and (high is None or value <= high)
-                self.check(ok, f"{f.name} must be >= {low}" if high is None else f"{f.name} must be in [{low}, {high}]")
+            value, least = getattr(self, f.name), above if above is not None else low
+            if least is None and high is None:
+                continue
+            ok = (least is None or (value > least if above is not None else value >= least)) and (high is None or value <= high)
+            self.check(ok, f"{f.name} must be {bounds_text(f.metadata)}")
 
     def check(self, condition: bool, message: str) -> None:
         if not condition:

@@ -21,7 +21,7 @@ from ..documents import Document, chunk_spans
 from ..errors import InputError
 from ..generation import chat_prompt
 from .anatomy import decoder_layers
-from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, timed_report
+from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
 from .forgetting import cannot, drop_front, reported_rows, share
 from .gating import general_corpus
 
@@ -36,20 +36,12 @@ KEYS, NEXT, CENTER, META = "jitrl_keys", "jitrl_next", "jitrl_center", "jitrl_me
 class JitrlFullConfig(StrategyConfig):
     """jitrl-full options (-o KEY=VALUE)."""
 
-    layer: float = 0.75  # decoder layer whose output states are stored, as a share of depth (0 first, 1 last)
-    k: int = 16  # nearest stored states looked at per generated token
-    threshold: float = 0.8  # least cosine similarity (of centered states) for a stored state to count
-    strength: float = 20.0  # most logit bonus one step can give (all matches agreeing, similarity 1)
-    max_store: int = 50_000  # most (state, next token) rows kept; the oldest go first
-    dim: int = 0  # random projection of the states to this width (0: the model's width)
-
-    def __post_init__(self):
-        self.check(0 <= self.layer <= 1, "layer must be in [0, 1]")
-        self.check(self.k >= 1, "k must be >= 1")
-        self.check(-1 <= self.threshold <= 1, "threshold must be in [-1, 1]")
-        self.check(self.strength >= 0, "strength must be >= 0")
-        self.check(self.max_store >= 1, "max_store must be >= 1")
-        self.check(self.dim >= 0, "dim must be >= 0")
+    layer: float = option(0.75, "decoder layer whose output states are stored, as a share of depth (0 first, 1 last)", min=0, max=1)
+    k: int = option(16, "nearest stored states looked at per generated token", min=1)
+    threshold: float = option(0.8, "least cosine similarity (of centered states) for a stored state to count", min=-1, max=1)
+    strength: float = option(20.0, "most logit bonus one step can give (all matches agreeing, similarity 1)", min=0)
+    max_store: int = option(50_000, "most (state, next token) rows kept; the oldest go first", min=1)
+    dim: int = option(0, "random projection of the states to this width (0: the model's width)", min=0)
 
 
 class StoreReward(LogitsProcessor):

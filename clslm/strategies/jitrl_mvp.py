@@ -19,7 +19,7 @@ from transformers import LogitsProcessor
 from ..documents import Document, split_chunks
 from ..errors import InputError
 from ..generation import count_tokens, user_message
-from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, timed_report
+from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
 from .forgetting import reported_counts, share
 from .router import DocumentKeys, Router, threshold_option
 from .tfidf import TfidfIndex
@@ -31,20 +31,16 @@ MAX_BIAS = 5.0
 class JitrlMVPConfig(StrategyConfig):
     """jitrl-mvp options (-o KEY=VALUE)."""
 
-    k: int = 1  # chunks retrieved per question
-    chunk_tokens: int = 256  # longest chunk, in model tokens
-    overlap: int = 64  # tokens a chunk shares with the previous one
-    bias: float = 1.0  # logit bonus for tokens that occur in the retrieved chunks (0: none)
-    budget: int = 1024  # most tokens of the user message: retrieved chunks plus the whole question
+    k: int = option(1, "chunks retrieved per question", min=1)
+    chunk_tokens: int = option(256, "longest chunk, in model tokens", min=8)
+    overlap: int = option(64, "tokens a chunk shares with the previous one (< chunk_tokens)", min=0)
+    bias: float = option(1.0, "logit bonus for tokens that occur in the retrieved chunks (0: none)", min=0, max=MAX_BIAS)
+    budget: int = option(1024, "most tokens of the user message: retrieved chunks plus the whole question", min=1)
     route_threshold: float = threshold_option("only documents whose router match (router.py) with the question reaches this are searched (0: all)")
 
     def __post_init__(self):
-        super().__post_init__()  # route_threshold
-        self.check(self.k >= 1, "k must be >= 1")
-        self.check(self.chunk_tokens >= 8, "chunk_tokens must be >= 8")
-        self.check(0 <= self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
-        self.check(0 <= self.bias <= MAX_BIAS, f"bias must be in [0, {MAX_BIAS}]")
-        self.check(self.budget >= 1, "budget must be >= 1")
+        super().__post_init__()
+        self.check(self.overlap < self.chunk_tokens, "overlap must be >= 0 and < chunk_tokens")
 
 
 def _after_overlap(previous: str, text: str) -> str:

@@ -20,6 +20,7 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from ..documents import split_sentences
+from .base import option
 from .stop_words import ENGLISH_STOP_WORDS
 
 # Zipf frequency is log10 of occurrences per billion words: about 7.7 for "the", 0 for a word never seen.
@@ -119,12 +120,12 @@ def matches_any(keys: list[DocumentKeys], question: str, threshold: float) -> bo
 
 def threshold_option(help: str) -> Any:
     """A Config's route_threshold field: the router's calibrated THRESHOLD, in [0, 1]."""
-    return field(default=THRESHOLD, metadata={"help": help, "min": 0, "max": 1})
+    return option(THRESHOLD, help, min=0, max=1)
 
 
 def top_option(default: int, minimum: int, help: str) -> Any:
     """A Config's route_top field: how many best-matching units act at once, at least `minimum`."""
-    return field(default=default, metadata={"help": help, "min": minimum})
+    return option(default, help, min=minimum)
 
 
 class Router:

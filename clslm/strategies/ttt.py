@@ -28,7 +28,7 @@ from torch import nn
 
 from ..documents import Document
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop
+from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from .forgetting import reported_counts, share
 from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
@@ -43,30 +43,30 @@ PREFIX = "ttt_"
 class TTTConfig(StrategyConfig):
     """ttt hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = 2e-3  # AdamW learning rate on the neuron copies
-    epochs: int = 6  # passes over the training text
-    layers: float = 0.125  # fraction of decoder layers (the last ones) that get a Dual-MLP
-    neurons: int = 0  # neurons per layer a part may change (TF-IDF gating): at most this many (0 = no cap: all, or neurons_per_token's count)
-    neurons_per_token: float = 0.7  # a part may change this many neurons per layer per token it holds (at least 64; 0 = `neurons` exactly)
-    fire_fraction: float = 0.02  # a neuron "fires" on a token when in this top share of its layer
-    alpha: float = 1.0  # blend of the first document's trainable copy
-    alpha_decay: float = 1.0  # each later document is blended with alpha · alpha_decay^n
-    format: Literal["chat", "raw"] = "chat"  # training text: chat turns (reply = document piece) or raw text
-    max_tokens: int = 96  # longest document piece in one training example
-    questions: int = 3  # cue prompts per sentence (0: sentences and pieces only)
-    batch_size: int = 8
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    lr: float = option(2e-3, "AdamW learning rate on the neuron copies", above=0, max=1)
+    epochs: int = option(6, "passes over the training text", min=1)
+    layers: float = option(0.125, "fraction of decoder layers (the last ones) that get a Dual-MLP", above=0, max=1)
+    neurons: int = option(0, "neurons per layer a part may change (TF-IDF gating): at most this many (0 = no cap: all, or neurons_per_token's count)", min=0)
+    neurons_per_token: float = option(0.7, "a part may change this many neurons per layer per token it holds (at least 64; 0 = `neurons` exactly)", min=0)
+    fire_fraction: float = option(0.02, 'a neuron "fires" on a token when in this top share of its layer', above=0, max=1)
+    alpha: float = option(1.0, "blend of the first document's trainable copy", above=0, max=1)
+    alpha_decay: float = option(1.0, "each later document is blended with alpha · alpha_decay^n", above=0, max=1)
+    format: Literal["chat", "raw"] = option("chat", "training text: chat turns (reply = document piece) or raw text")
+    max_tokens: int = option(96, "longest document piece in one training example", min=8)
+    questions: int = option(3, "cue prompts per sentence (0: sentences and pieces only)")
+    batch_size: int = option(8, "training examples per step", min=1)
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradients are clipped to this norm")
     route_threshold: float = threshold_option("a document's copy acts only on questions whose router match (router.py) reaches this (0: always)")
     route_top: int = top_option(1, 1, "at most this many best-matching documents act at once")
-    state_dtype: Literal["float16", "float32"] = "float16"  # how the copies' deltas are stored (float16 halves the state)
-    objective: Literal["next-token", "distill"] = "next-token"  # predict the reply text, or also match the model reading the part (context distillation)
-    hard: float = 0.5  # with distill: weight of the reply's next-token loss added to the KL
-    top_k: int = 32  # with distill: teacher log-probabilities kept per reply token
-    replies: Literal["document", "teacher", "both"] = "both"  # with distill: replies are the document's sentences, the teacher's own answers, or both
-    prefix_cache: bool = True  # run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)
-    beams: int = 1  # beam width when answering (1: greedy)
-    chunk_tokens: int = 768  # a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole)
+    state_dtype: Literal["float16", "float32"] = option("float16", "how the copies' deltas are stored (float16 halves the state)")
+    objective: Literal["next-token", "distill"] = option("next-token", "predict the reply text, or also match the model reading the part (context distillation)")
+    hard: float = option(0.5, "with distill: weight of the reply's next-token loss added to the KL", min=0)
+    top_k: int = option(32, "with distill: teacher log-probabilities kept per reply token", min=1, max=1024)
+    replies: Literal["document", "teacher", "both"] = option("both", "with distill: replies are the document's sentences, the teacher's own answers, or both")
+    prefix_cache: bool = option(True, "run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)")
+    beams: int = option(1, "beam width when answering (1: greedy)", min=1, max=16)
+    chunk_tokens: int = option(768, "a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole; else >= 64)")
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
     PRESETS: ClassVar[dict[str, dict[str, str]]] = {
@@ -80,16 +80,7 @@ class TTTConfig(StrategyConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
-        self.check(self.epochs >= 1, "epochs must be >= 1")
-        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
-        self.check(self.neurons >= 0 and self.neurons_per_token >= 0, "neurons and neurons_per_token must be >= 0")
-        self.check(0 < self.fire_fraction <= 1, "fire_fraction must be in (0, 1]")
-        self.check(0 < self.alpha <= 1 and 0 < self.alpha_decay <= 1, "alpha and alpha_decay must be in (0, 1]")
-        self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
-        self.check(self.hard >= 0 and 1 <= self.top_k <= 1024, "hard must be >= 0 and top_k in [1, 1024]")
         self.check(self.chunk_tokens == 0 or self.chunk_tokens >= 64, "chunk_tokens must be 0 (whole document) or >= 64")
-        self.check(1 <= self.beams <= 16, "beams must be in [1, 16]")
 
 
 class NeuronPatch(nn.Module):

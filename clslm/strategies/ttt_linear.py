@@ -29,7 +29,7 @@ from ..documents import Document
 from ..errors import InputError
 from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop
+from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop, option
 from .forgetting import cannot
 from .router import Routed, Router, threshold_option
 from .textbook import batches, build_examples, reply_loss
@@ -43,26 +43,16 @@ CHANGE = "fast_weight_change."  # + document.layer: one document's change to W a
 class TTTLinearConfig(StrategyConfig):
     """ttt-linear hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = 1e-3  # AdamW learning rate on the fast weights
-    epochs: int = 8  # passes over the training text (a fresh mask each time)
-    layers: float = 0.25  # fraction of decoder layers (the last ones) with a fast-weight layer
-    mask_ratio: float = 0.5  # share of reply tokens masked in the input and predicted
-    anchor: float = 1.0  # λ of the anchor term λ·‖W − W₀‖² (summed over layers)
-    max_tokens: int = 96  # longest document piece in one training example
-    questions: int = 3  # cue prompts per sentence
-    batch_size: int = 8
-    max_grad_norm: float = 1.0
+    lr: float = option(1e-3, "AdamW learning rate on the fast weights", above=0, max=1)
+    epochs: int = option(8, "passes over the training text (a fresh mask each time)", min=1)
+    layers: float = option(0.25, "fraction of decoder layers (the last ones) with a fast-weight layer", above=0, max=1)
+    mask_ratio: float = option(0.5, "share of reply tokens masked in the input and predicted", above=0, max=1)
+    anchor: float = option(1.0, "λ of the anchor term λ·‖W − W₀‖² (summed over layers)", min=0)
+    max_tokens: int = option(96, "longest document piece in one training example", min=8)
+    questions: int = option(3, "cue prompts per sentence")
+    batch_size: int = option(8, "training examples per step", min=1)
+    max_grad_norm: float = option(1.0, "gradients are clipped to this norm", above=0)
     route_threshold: float = threshold_option("fast weights act only on questions whose router match (router.py) reaches this (0: always)")
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
-        self.check(self.epochs >= 1, "epochs must be >= 1")
-        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
-        self.check(0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]")
-        self.check(self.anchor >= 0, "anchor must be >= 0")
-        self.check(self.max_tokens >= 8 and self.batch_size >= 1, "max_tokens >= 8 and batch_size >= 1")
-        self.check(self.max_grad_norm > 0, "max_grad_norm must be > 0")
 
 
 class FastLinearMLP(nn.Module, DeltaModule):

@@ -31,7 +31,7 @@ from ...documents import Document
 from ...errors import InputError, SessionMismatch
 from ...models import file_sha256
 from ..anatomy import last_layers
-from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop
+from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from ..forgetting import cannot
 from ..router import Routed, Router, threshold_option, top_option
 from . import lora
@@ -48,36 +48,27 @@ DOCUMENT_KEY = "documents."  # prefix of each document's own adapter in the save
 class Doc2LoRAConfig(StrategyConfig):
     """doc2lora options (-o KEY=VALUE)."""
 
-    mode: Literal["hypernet", "simulated"] = "hypernet"
-    hypernet: str | None = None  # checkpoint path; default: the bundled one (default model only)
-    chunk_tokens: int = 0  # longest chunk read at once (0: the hypernetwork's own; 256 when simulated)
-    combine: Literal["mean", "concat"] = "mean"  # a document's chunk LoRAs: averaged, or summed (stacked)
-    accumulate: Literal["mean", "sum"] = "mean"  # the session's documents: averaged, or summed
-    max_rank: int = 32  # the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)
-    scale: float = 1.0  # multiplies every generated delta
+    mode: Literal["hypernet", "simulated"] = option("hypernet", "hypernet: one forward of a trained hypernetwork per chunk; simulated: gradient context distillation")
+    hypernet: str | None = option(None, "checkpoint path; default: the bundled one (default model only)")
+    chunk_tokens: int = option(0, "longest chunk read at once (0: the hypernetwork's own; 256 when simulated)", min=0)
+    combine: Literal["mean", "concat"] = option("mean", "a document's chunk LoRAs: averaged, or summed (stacked)")
+    accumulate: Literal["mean", "sum"] = option("mean", "the session's documents: averaged, or summed")
+    max_rank: int = option(32, "the session's LoRA rank at most (beyond: truncated SVD of the combined deltas)", min=1)
+    scale: float = option(1.0, "multiplies every generated delta", above=0)
     route_threshold: float = threshold_option("the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)")
     route_top: int = top_option(1, 0, "a question answers through its best-matching documents' own LoRAs, at most this many (0: the session's LoRA)")
-    doc_rank: int = 16  # each document's own LoRA is kept at this rank at most (truncated SVD)
+    doc_rank: int = option(16, "each document's own LoRA is kept at this rank at most (truncated SVD)", min=1)
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
-    rank: int = 8
-    targets: str = "down_proj"  # comma-separated module names inside a decoder layer
-    layers: float = 1.0  # fraction of the last decoder layers that get a LoRA
-    steps: int = 20
-    lr: float = 3e-3
-    probes: int = 12  # sentences of the document used as distillation probes
+    rank: int = option(8, "simulated: LoRA rank", min=1)
+    targets: str = option("down_proj", "simulated: comma-separated module names inside a decoder layer")
+    layers: float = option(1.0, "simulated: fraction of the last decoder layers that get a LoRA", above=0, max=1)
+    steps: int = option(20, "simulated: distillation steps", min=1)
+    lr: float = option(3e-3, "simulated: learning rate of the distillation", above=0, max=1)
+    probes: int = option(12, "simulated: sentences of the document used as distillation probes", min=1)
 
     def __post_init__(self):
-        super().__post_init__()  # route_threshold, route_top
-        self.check(self.chunk_tokens >= 0, "chunk_tokens must be >= 0")
-        self.check(self.max_rank >= 1, "max_rank must be >= 1")
-        self.check(self.scale > 0, "scale must be > 0")
-        self.check(self.doc_rank >= 1, "doc_rank must be >= 1")
-        self.check(self.rank >= 1, "rank must be >= 1")
+        super().__post_init__()
         self.check(bool(self.target_list), "targets must name at least one module")
-        self.check(0 < self.layers <= 1, "layers must be in (0, 1]")
-        self.check(self.steps >= 1, "steps must be >= 1")
-        self.check(0 < self.lr <= 1, "lr must be in (0, 1]")
-        self.check(self.probes >= 1, "probes must be >= 1")
 
     @property
     def target_list(self) -> list[str]:
