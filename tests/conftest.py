@@ -21,14 +21,6 @@ USER_CLSLM_HOME = os.environ.get("CLSLM_HOME")
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 ARCH_NAMES = ["llama", "qwen2", "gemma3"]
 
-# -o options per strategy that keep learning fast on tiny models (values are strings, as on the CLI).
-FAST_OPTIONS: dict[str, dict[str, str]] = {
-    "ttt": {"epochs": "3", "neurons": "8", "max_tokens": "32"},
-    "ttt-linear": {"epochs": "3", "max_tokens": "32"},
-    "doc2lora": {"mode": "simulated", "steps": "3"},  # no trained hypernetwork fits a tiny random model
-}
-# Strategies that learn by gradient descent and so must report loss_after < loss_before.
-GRADIENT_STRATEGIES = {"ttt", "ttt-linear"}
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -43,7 +35,10 @@ DOCUMENT = (
 
 
 def fast_options(strategy: str) -> dict[str, str]:
-    return dict(FAST_OPTIONS.get(strategy, {}))
+    """-o options that keep learning fast on tiny models: the strategy's own `test_options` (CLI strings)."""
+    from clslm import registry
+
+    return dict(registry.get(strategy).test_options)
 
 
 def fast_cli_options(strategy: str) -> list[str]:

@@ -19,10 +19,10 @@ import pytest
 from clslm.bench import run_bench, run_compare
 from clslm.bench_results import BenchSettings, Unavailable, forgetting, gain_recovery
 from clslm.benchdata import bundled, load_facts, load_general
-from clslm.cli import main
 from clslm.errors import InputError
 
 from conftest import DOCUMENT, USER_CLSLM_HOME
+from helpers import run
 
 TTT_FAST = {"epochs": "2", "neurons": "8", "max_tokens": "32"}
 TTT_FAST_CLI = [arg for key, value in TTT_FAST.items() for arg in ("-o", f"{key}={value}")]
@@ -61,17 +61,6 @@ def facts_file(tmp_path) -> Path:
 @pytest.fixture
 def general_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "general.jsonl", GENERAL)
-
-
-def run(capfd, *args) -> tuple[int, str, str]:
-    """main(args) → (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def tiny_args(model_dir: Path) -> list:

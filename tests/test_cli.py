@@ -19,33 +19,12 @@ from clslm.cli.repl import run_repl
 from clslm.session import MANIFEST, Session
 
 from conftest import DOCUMENT, build_model, fast_cli_options, fast_options, snapshot
+from helpers import run, run_json
 from test_documents import make_encrypted_pdf, make_image_pdf, make_pdf
 
 QUESTION = "Which engineer built the Kessenbrock Light?"
 ASK_KEYS = {"question", "answer", "strategy", "model", "prompt_tokens", "context_tokens", "deltas", "seconds"}
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(capfd, *args, stdin: bytes | str | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    """main(args) → (exit code, stdout, stderr)."""
-    if stdin is not None:
-        data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def run_json(capfd, *args, **kw) -> dict:
-    code, out, err = run(capfd, *args, "--json", **kw)
-    assert code == 0, err
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"--json prints exactly one JSON object on stdout, got: {out!r}"
-    return json.loads(lines[0])
 
 
 def learn_args(session: Path, model_dir: Path, *paths) -> list:

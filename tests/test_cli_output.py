@@ -13,7 +13,8 @@ from clslm.cli.progress import Reporter, clock
 
 from conftest import fast_cli_options
 from test_bench import FACTS, write_jsonl
-from test_cli import QUESTION, run, run_json, session, template_session  # noqa: F401  fixtures
+from helpers import run, run_json
+from test_cli import QUESTION, session, template_session  # noqa: F401  fixtures
 
 LONG_QUESTION = "In which year was the granite tower of the Kessenbrock Light at the northern tip of the Tarrow Spit finished by Adelmar Fosk, the engineer who built it?"
 

@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
 from clslm.errors import InputError
 from clslm.options import parse_key_values
 
-PACKAGE = Path(__file__).resolve().parents[1] / "clslm"
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports(path: Path) -> set[str]:
-    """clslm modules `path` imports (module level and inside functions), resolved to absolute names."""
-    here = module_name(path).split(".")
-    package = here if path.name == "__init__.py" else here[:-1]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("clslm")}
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
-            if node.level and not node.module:  # from . import a, b: each is a module
-                found |= {f"{target}.{a.name}" for a in node.names}
-            elif target.startswith("clslm"):
-                found.add(target)
-    return found
-
-
-def graph() -> dict[str, set[str]]:
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in imports(path) if m in modules} for name, path in modules.items()}
+from helpers import PACKAGE, graph
 
 
 def test_the_cli_package_has_no_import_cycle():

@@ -2,7 +2,10 @@
 
 A new strategy inherits this whole table: learning changes only its own state, base weights stay
 bit-identical, deltas-off is exactly the base model, state round-trips through a session, the prompt
-holds only the question, and learning is deterministic for a seed.
+holds only the question, and learning is deterministic for a seed; routed strategies keep unrelated
+questions on the base model; every option has help and checked bounds. What a strategy declares for these
+tests is its own (class attributes `test_options`, `learns_by_gradient`; `learns_in_weights()`), so adding a
+strategy is one file and one registry line: tests/tiny_strategy.py runs through the whole table that way.
 """
 
 from __future__ import annotations
@@ -20,22 +23,18 @@ from clslm.documents import Document
 from clslm.errors import InputError, StrategyNotImplemented, UnknownStrategy
 from clslm.generation import generate
 from clslm.likelihood import answer_nll
-from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies.llm_client import LLMClient
 from clslm.strategies.base import LearnReport, Strategy, StrategyConfig, StrategyContext, config_from_dict, parse_options
 
-from conftest import DOCUMENT, GRADIENT_STRATEGIES, fast_options
+from conftest import DOCUMENT, fast_options
+from helpers import load
+from tiny_strategy import Notes
 
-STRATEGIES = registry.available()
-# Strategies that keep what they learned in weights only: nothing may be added to the prompt.
-WEIGHT_STRATEGIES = {"ttt", "ttt-linear", "doc2lora"}
+# A strategy from outside clslm (one file) joins the table with one registry line: see extra_strategies.
+EXTRA = [Notes]
+STRATEGIES = registry.available() + [cls.name for cls in EXTRA]
 QUESTION = "Which engineer built the Kessenbrock Light?"
-
-
-def load(model_dir):
-    source = resolve_model(str(model_dir))
-    return (*load_model(source, device="cpu", dtype="float32"), source)
 
 
 class CompetentLLM(LLMClient):
@@ -102,6 +101,16 @@ class Learned:
     ids: torch.Tensor
 
 
+@pytest.fixture(scope="module", autouse=True)
+def extra_strategies():
+    """The registry line that adds a strategy: registry.register(cls) (for this module's tests)."""
+    for cls in EXTRA:
+        registry.register(cls)
+    yield
+    for cls in EXTRA:
+        registry.unregister(cls.name)
+
+
 @pytest.fixture(params=STRATEGIES)
 def strategy_name(request) -> str:
     return request.param
@@ -147,7 +156,8 @@ def test_learning_changes_the_state(learned):
 
 
 def strategy_acts_on_weights(strategy: Strategy) -> bool:
-    return type(strategy).name in WEIGHT_STRATEGIES
+    """Strategies that keep what they learned in weights only: nothing may be added to the prompt."""
+    return strategy.learns_in_weights()
 
 
 def test_learning_leaves_every_base_weight_bit_identical(learned):
@@ -171,7 +181,7 @@ def test_report_describes_the_document(learned, strategy_name):
     assert report.sha256 == Document(name="x", text=DOCUMENT).sha256
     assert report.tokens == len(learned.strategy.tokenizer(DOCUMENT, add_special_tokens=False)["input_ids"])
     assert report.seconds >= 0
-    if strategy_name in GRADIENT_STRATEGIES:
+    if registry.get(strategy_name).learns_by_gradient:
         assert report.loss_before is not None and report.loss_after is not None
         assert report.loss_after < report.loss_before
 
@@ -194,7 +204,8 @@ def test_disabled_is_exactly_the_base_model(learned):
 
 def routes(strategy_name: str) -> bool:
     """Strategies whose learned units act only on the questions the router matches (router.py)."""
-    return "route_threshold" in {f.name for f in dataclasses.fields(registry.get(strategy_name).Config)}
+    cls = next((c for c in EXTRA if c.name == strategy_name), None) or registry.get(strategy_name)
+    return "route_threshold" in {f.name for f in dataclasses.fields(cls.Config)}
 
 
 UNRELATED = "What is the capital of France?"
@@ -245,7 +256,7 @@ def test_ask_prompt_holds_only_the_question(learned, strategy_name):
     strategy = learned.strategy
     answer = strategy.answer(QUESTION, max_new_tokens=4)
     context = strategy.prompt_context(QUESTION)
-    if strategy_name in WEIGHT_STRATEGIES:
+    if strategy_acts_on_weights(strategy):
         assert context == ""
     if not context:
         # Written out by hand (the test tokenizer's ChatML template), not through clslm's own helpers.

@@ -15,7 +15,8 @@ import pytest
 
 from clslm.session import MANIFEST
 
-from test_cli import QUESTION, check_failure, run, run_json, session, template_session  # noqa: F401  (fixtures)
+from helpers import run, run_json
+from test_cli import QUESTION, check_failure, session, template_session  # noqa: F401  (fixtures)
 
 DEEP = 200_000
 

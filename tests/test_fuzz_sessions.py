@@ -30,7 +30,8 @@ from clslm.documents import Document
 from clslm.session import MANIFEST, Session
 
 from conftest import DOCUMENT, fast_options, snapshot
-from test_cli import QUESTION, run
+from helpers import run
+from test_cli import QUESTION
 from test_contract import CompetentLLM
 
 EXAMPLES = int(os.environ.get("CLSLM_FUZZ_EXAMPLES", "300"))

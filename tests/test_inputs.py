@@ -22,7 +22,8 @@ from clslm.errors import InputError
 from clslm.session import MANIFEST, Session
 
 from conftest import DATA, snapshot
-from test_cli import QUESTION, check_failure, run, run_json, session, template_session  # noqa: F401  (fixtures)
+from helpers import run, run_json
+from test_cli import QUESTION, check_failure, session, template_session  # noqa: F401  (fixtures)
 from test_documents import TEXT, make_encrypted_pdf, make_image_pdf, make_pdf
 
 BAD = DATA / "bad"

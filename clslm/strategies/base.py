@@ -151,6 +151,11 @@ class Strategy(ABC):
     summary: ClassVar[str] = ""
     # Learn time on the default model on 2 CPU cores, for the CLI's estimate before a long learn (None: unknown).
     learn_seconds_per_1k_tokens: ClassVar[float | None] = None
+    # For the contract tests (tests/test_contract.py runs every strategy through them): -o options that keep a
+    # learn fast on a tiny random model (CLI strings), and whether a learn descends a loss it reports (the loss
+    # after must be below the loss before).
+    test_options: ClassVar[dict[str, str]] = {}
+    learns_by_gradient: ClassVar[bool] = False
 
     def __init__(self, model, tokenizer, config: StrategyConfig | None = None, context: StrategyContext | None = None):
         self.model, self.tokenizer = model, tokenizer

@@ -145,6 +145,8 @@ class TTT(Routed, Strategy):
     paper = "2512.23675"
     summary = "gradient descent on the document into sparse, TF-IDF-gated neuron copies of the last MLPs"
     learn_seconds_per_1k_tokens = 246.0  # docs/benchmarks.md, current summary
+    test_options = {"epochs": "3", "neurons": "8", "max_tokens": "32"}
+    learns_by_gradient = True
 
     def attach(self) -> None:
         self.layer_ids = last_layers(self.model, self.config.layers)

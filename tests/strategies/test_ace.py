@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 
-from clslm.cli import main
 from clslm.documents import Document
 from clslm.errors import ModelError
 from clslm.generation import count_tokens
@@ -20,6 +19,7 @@ from clslm.strategies.base import parse_options
 from clslm.strategies.llm_client import BackendFailed, LLMClient, OllamaClient
 
 from conftest import DOCUMENT
+from helpers import run
 from llm_server import Reply, ScriptedServer, free_port, ollama, ollama_error
 
 SHA = "ab" * 32
@@ -349,16 +349,6 @@ def test_a_corrupt_saved_playbook_is_a_session_error(loaded):
 
     with pytest.raises(SessionCorrupt):
         make_ace(loaded).load_extra_state({"playbook": {"bullets": [{"text": "no id"}], "next_id": 2}})
-
-
-def run(capfd, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def test_cli_learn_and_ask_through_ollama(capfd, llama_dir, doc_file, tmp_path):

@@ -12,7 +12,6 @@ import torch
 
 from clslm.benchdata import load_facts
 from clslm.documents import Document
-from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies.base import StrategyContext
 from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig, lora
@@ -25,15 +24,10 @@ from clslm.strategies.doc2lora.synthetic import bench_words, synthetic_doc
 from clslm.strategies.doc2lora.train import Trainer, TrainSettings
 
 from conftest import DOCUMENT
+from helpers import load
 
 SECOND = "The Orvane Ferry crosses the Lisk estuary. It was founded by Mirela Tansk in 1871 and carries 60 cars."
 TINY = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=64, lr=3e-3, warmup=2)
-
-
-def load(model_dir):
-    source = resolve_model(str(model_dir))
-    model, tokenizer = load_model(source, device="cpu", dtype="float32")
-    return model, tokenizer, source
 
 
 def trainer(model_dir, out: Path, **settings) -> Trainer:

@@ -8,13 +8,13 @@ import torch
 from clslm.documents import Document
 from clslm.errors import InputError, SessionCorrupt
 from clslm.generation import count_tokens, generate, user_message
-from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies.base import parse_options
 from clslm.strategies.jitrl_full import JitrlFull, StoreReward
 from clslm.strategies.jitrl_mvp import MAX_BIAS, JitrlMVP, TokenBias, stop_ids
 
 from conftest import DOCUMENT
+from helpers import load
 
 FACT = "The vault of Vellmar Abbey opens only with the brass code 4417."
 FILLER = [
@@ -31,14 +31,8 @@ QUESTION = "Which code opens the vault of Vellmar Abbey?"
 MVP_OPTIONS = {"chunk_tokens": "64", "overlap": "16", "k": "1"}  # the test tokenizer: ~50 tokens a sentence
 
 
-def load(model_dir):
-    source = resolve_model(str(model_dir))
-    model, tokenizer = load_model(source, device="cpu", dtype="float32")
-    return model, tokenizer
-
-
 def make(cls, model_dir, **options):
-    model, tokenizer = load(model_dir)
+    model, tokenizer, _ = load(model_dir)
     return cls(model, tokenizer, parse_options(cls.Config, {k: str(v) for k, v in options.items()}))
 
 
@@ -145,7 +139,7 @@ def test_deltas_off_is_the_base_model_with_no_context_and_no_bias(llama_dir):
     with strategy.disabled():
         off = strategy.answer(QUESTION, max_new_tokens=6)
     assert calls == [QUESTION]  # no processor was asked for with deltas off
-    base_model, tokenizer = load(llama_dir)
+    base_model, tokenizer, _ = load(llama_dir)
     base = generate(base_model, tokenizer, QUESTION, max_new_tokens=6)
     assert (off.text, off.prompt, off.context_tokens) == (base.text, base.prompt, 0)
 
@@ -241,13 +235,13 @@ def test_empty_store_changes_nothing(model_dir):
     last_logits(strategy.model, ids)
     scores = torch.randn(1, len(strategy.tokenizer))
     assert StoreReward(strategy)(ids, scores) is scores
-    base_model, tokenizer = load(model_dir)
+    base_model, tokenizer, _ = load(model_dir)
     assert strategy.answer(QUESTION, max_new_tokens=5).text == generate(base_model, tokenizer, QUESTION, max_new_tokens=5).text
 
 
 def test_the_store_steers_generation_and_deltas_off_is_the_base(llama_dir):
     strategy = full(llama_dir, k=1, threshold=-1, strength=50)  # far above a random model's logit range
-    base_model, tokenizer = load(llama_dir)
+    base_model, tokenizer, _ = load(llama_dir)
     base = generate(base_model, tokenizer, QUESTION, max_new_tokens=1)
     prompt = tokenizer(base.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     assert torch.equal(last_logits(strategy.model, prompt), last_logits(base_model, prompt))  # no weight changed

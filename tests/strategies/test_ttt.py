@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clslm.documents import Document
 from clslm.strategies import gating
@@ -18,16 +17,13 @@ from clslm.strategies.training import PhaseClock
 from clslm.strategies.ttt import TTT, TTTConfig
 
 from conftest import DOCUMENT
+from helpers import load
 
 OTHER = "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 and has seven stone arches."
 
 
-def load(model_dir):
-    return AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False), AutoTokenizer.from_pretrained(model_dir)
-
-
 def make(model_dir, **options):
-    model, tokenizer = load(model_dir)
+    model, tokenizer, _ = load(model_dir)
     config = TTTConfig(**{"epochs": 2, "neurons": 8, "max_tokens": 32, **options})
     return TTT(model, tokenizer, config, StrategyContext(model_fingerprint="test-model"))
 
@@ -211,7 +207,7 @@ def test_a_short_document_is_one_part(tokenizer):
 
 def test_teacher_targets_are_the_model_reading_the_chunk(llama_dir):
     """Cached-prefix, batched, right-padded teacher runs give the distribution of one plain forward pass."""
-    model, tokenizer = load(llama_dir)
+    model, tokenizer, _ = load(llama_dir)
     exchanges = [(q, tokenizer(r, add_special_tokens=False)["input_ids"]) for q, r in [("Who built it?", "Adelmar Fosk built it."), ("When?", "In 1793, after years of work on the spit.")]]
     teachers = teach(model, tokenizer, DOCUMENT, exchanges, top_k=400, batch_size=2)
     for (question, reply), teacher in zip(exchanges, teachers):
@@ -267,7 +263,7 @@ def test_each_part_of_a_long_document_routes_its_own_questions(llama_dir, tokeni
 
 
 def test_teacher_answers_are_its_greedy_answers_reading_the_chunk(llama_dir):
-    model, tokenizer = load(llama_dir)
+    model, tokenizer, _ = load(llama_dir)
     questions = ["Who built it?", "When was the Kessenbrock Light finished, and by whom?"]
     answers = answer(model, tokenizer, DOCUMENT, questions, max_new_tokens=6, top_k=5, batch_size=2)
     for question, (reply, teacher) in zip(questions, answers):

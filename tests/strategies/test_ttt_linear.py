@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from clslm.documents import Document
-from clslm.models import load_model, resolve_model
 from clslm.strategies.base import parse_options
 from clslm.strategies.textbook import batches, build_examples
 from clslm.strategies.ttt_linear import TTTLinear, mask_replies
 
 from conftest import DOCUMENT, fast_options
+from helpers import load
 
 
 def make(model_dir, dtype="float32", **options) -> TTTLinear:
-    model, tokenizer = load_model(resolve_model(str(model_dir)), device="cpu", dtype=dtype)
+    model, tokenizer, _ = load(model_dir, dtype)
     return TTTLinear(model, tokenizer, parse_options(TTTLinear.Config, fast_options("ttt-linear") | options))
 
 
@@ -71,7 +71,7 @@ def test_anchor_term_is_lambda_times_squared_distance_and_pulls_back(llama_dir):
 
 def test_untrained_fast_weights_are_an_exact_identity_even_when_switched_on(model_dir, tokenizer):
     strategy = make(model_dir)
-    base, _ = load_model(resolve_model(str(model_dir)), device="cpu", dtype="float32")
+    base, _, _ = load(model_dir)
     ids = tokenizer(DOCUMENT, return_tensors="pt")["input_ids"]
     assert all(m.enabled and m.route for m in strategy.fast_layers())
     assert torch.equal(logits(strategy.model, ids), logits(base, ids))
