@@ -179,8 +179,8 @@ class Strategy(ABC):
         """transformers LogitsProcessors applied while answering (none by default)."""
         return []
 
-    def beams(self) -> int:
-        """Beam width of the strategy's answers (1: greedy; the base model always answers greedily)."""
+    def beams(self, question: str) -> int:
+        """Beam width of the strategy's answer to `question` (1: greedy; the base model always answers greedily)."""
         return 1
 
     @contextmanager
@@ -221,7 +221,7 @@ class Strategy(ABC):
             max_new_tokens=max_new_tokens,
             logits_processors=self.logits_processors(question) if on else [],
             deltas=on,
-            beams=self.beams() if on else 1,
+            beams=self.beams(question) if on else 1,
         )
 
     @contextmanager

@@ -283,8 +283,9 @@ class TTT(Routed, Strategy):
         with replay_prefix(self.model, start, batch["hidden"]):
             return reply_loss(self.model, batch, self.config.hard)
 
-    def beams(self) -> int:
-        return self.config.beams
+    def beams(self, question: str) -> int:
+        """`beams` where a part's patch acts; greedy where none does (the model is the base model there)."""
+        return self.config.beams if self.active_documents(question) else 1
 
     # ---- routing -------------------------------------------------------------------------------
     def active_documents(self, question: str) -> list[int]:

@@ -275,7 +275,7 @@ def test_teacher_answers_are_its_greedy_answers_reading_the_chunk(llama_dir):
 
 
 def test_beams_answer_with_beam_search_and_the_base_model_stays_greedy(llama_dir):
-    strategy = make(llama_dir, beams=3, route_threshold=0)
+    strategy = make(llama_dir, beams=3, route_threshold=0.2)
     strategy.learn(Document("kessenbrock", DOCUMENT))
     question = "Which engineer built the Kessenbrock Light?"
     tokenizer, model = strategy.tokenizer, strategy.model
@@ -289,3 +289,4 @@ def test_beams_answer_with_beam_search_and_the_base_model_stays_greedy(llama_dir
     assert strategy.answer(question, max_new_tokens=12).text == decoded(num_beams=3)
     with strategy.disabled():
         assert strategy.answer(question, max_new_tokens=12).text == decoded(num_beams=1)
+    assert strategy.beams("What is the capital of France?") == 1  # routed to no part: the base model, greedy
