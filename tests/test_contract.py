@@ -384,7 +384,7 @@ def test_a_preset_stands_for_its_options_and_explicit_options_win():
     seed = parse_options(TTTConfig, {"preset": "seed"})
     assert (seed.lr, seed.epochs, seed.format, seed.max_tokens, seed.route_threshold) == (1e-5, 1, "raw", 33, 0.0)
     assert parse_options(TTTConfig, {"preset": "seed", "epochs": "3"}).epochs == 3
-    whole = {"layers": 0.25, "neurons_per_token": 0.0, "chunk_tokens": 0}  # the recipes before ttt v2: one unit per document
+    whole = {"layers": 0.25, "neurons_per_token": 0.0, "chunk_tokens": 0, "beams": 1}  # the recipes before ttt v2: one unit per document, greedy answers
     assert parse_options(TTTConfig, {"preset": "naive"}) == TTTConfig(lr=1e-4, epochs=20, questions=0, neurons=0, route_threshold=0.0, **whole)
     assert parse_options(TTTConfig, {"preset": "v1"}) == TTTConfig(neurons=320, **whole)
     with pytest.raises(InputError, match="unknown preset 'fast'; presets: naive, seed, v1"):

@@ -65,17 +65,17 @@ class TTTConfig(StrategyConfig):
     top_k: int = option(32, "with distill: teacher log-probabilities kept per reply token", min=1, max=1024)
     replies: Literal["document", "teacher", "both"] = option("both", "with distill: replies are the document's sentences, the teacher's own answers, or both")
     prefix_cache: bool = option(True, "run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)")
-    beams: int = option(1, "beam width when answering (1: greedy)", min=1, max=16)
+    beams: int = option(2, "beam width when answering a question a part's patch acts on (1: greedy; the patch's most likely recitation is often not greedy's)", min=1, max=16)
     chunk_tokens: int = option(768, "a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole; else >= 64)")
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
     PRESETS: ClassVar[dict[str, dict[str, str]]] = {
         # ttt v1 (2026-12-02): next-token loss on the whole document as one routed unit
-        "v1": {"layers": "0.25", "neurons": "320", "neurons_per_token": "0", "chunk_tokens": "0"},
+        "v1": {"layers": "0.25", "neurons": "320", "neurons_per_token": "0", "chunk_tokens": "0", "beams": "1"},
         # the seed project: lr 1e-5, one pass over 33-token windows of raw text, no router
-        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0"},
+        "seed": {"lr": "1e-5", "epochs": "1", "format": "raw", "max_tokens": "33", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0", "beams": "1"},
         # the naive recipe of issue 5: every copied neuron, 20 epochs of the document and its sentences, no router
-        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0"},
+        "naive": {"lr": "1e-4", "epochs": "20", "questions": "0", "layers": "0.25", "neurons": "0", "neurons_per_token": "0", "chunk_tokens": "0", "route_threshold": "0", "beams": "1"},
     }
 
     def __post_init__(self):
