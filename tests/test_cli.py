@@ -198,7 +198,7 @@ def test_strategies_json(capfd, planned_strategy):
     assert rows["ttt"]["options"]["format"] == "chat"
     assert rows["ace"]["available"] is True and "llm_model" in rows["ace"]["options"]
     assert rows[planned_strategy]["available"] is False and rows[planned_strategy]["options"] == {}
-    code, out, _ = run(capfd, "strategies")
+    code, out, _ = run(capfd, "strategies", "--options")
     assert code == 0 and "ttt" in out and "epochs=" in out
 
 

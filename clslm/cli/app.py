@@ -50,7 +50,7 @@ def check_wait(value: float) -> float:
 SessionOpt = Annotated[Path, typer.Option("--session", "-s", envvar="CLSLM_SESSION", help="Session directory.")]
 StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", callback=check_strategy, help="Learning strategy for a new session (default ttt): " + ", ".join(registry.names()) + ".")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", envvar="CLSLM_MODEL", help="Model for a new session: smollm2-135m (embedded default), a .gguf file, a local HF directory or a hub id.")]
-OptionsOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="KEY=VALUE", help="Strategy hyperparameter; repeatable. `clslm strategies` lists them.")]
+OptionsOpt = Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="KEY=VALUE", help="Strategy hyperparameter; repeatable. `clslm strategies NAME` lists them.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", envvar="CLSLM_DEVICE", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", envvar="CLSLM_DTYPE", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")]

@@ -14,7 +14,7 @@ from .output import emit_json, err, out
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="The question; the document is [bold]not[/bold] in the prompt.", show_default=False)],
+    question: Annotated[str, typer.Argument(help="The question; with ttt, ttt-linear, doc2lora and jitrl-full the document is [bold]not[/bold] in the prompt.", show_default=False)],
     *,
     session: SessionOpt = DEFAULT_SESSION,
     no_deltas: Annotated[bool, typer.Option("--no-deltas", help="Answer with the learned state switched off (the base model).")] = False,
@@ -26,7 +26,12 @@ def ask(
     wait: WaitOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer from the session's learned state; only the question is in the prompt (greedy decoding)."""
+    """Answer from the session's learned state.
+
+    ttt, ttt-linear, doc2lora and jitrl-full keep the document out of the prompt: only the question is in it.
+    jitrl-mvp puts retrieved document chunks in the prompt, ace its playbook bullets; `--json` counts what
+    was added in context_tokens, and --show-prompt prints the exact prompt.
+    """
     from ..session import Session
 
     with Session.open(session, device=device, dtype=dtype, wait=wait) as s:

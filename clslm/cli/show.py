@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from ..paths import DEFAULT_SESSION
-from .app import JsonOpt, SessionOpt, app
+from .app import JsonOpt, SessionOpt, app, check_strategy
 from .output import document_lines, emit_json, out
 
 
@@ -40,15 +44,39 @@ def docs(*, session: SessionOpt = DEFAULT_SESSION, as_json: JsonOpt = False) -> 
 
 
 @app.command()
-def strategies(as_json: JsonOpt = False) -> None:
-    """List strategies, their -o options with defaults, help and bounds, and their presets (-o preset=NAME)."""
+def strategies(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Show these strategies' -o options too.", show_default=False, metavar="[NAME]...")] = None,
+    *,
+    options: Annotated[bool, typer.Option("--options", help="Show every strategy's -o options, help, bounds and presets.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which strategy: each one's latest measured figures and what is in its prompt, on one screen.
+
+    `clslm strategies NAME` or `--options` adds the -o options with their defaults, help and bounds, and the
+    presets (-o preset=NAME). The figures are the packaged clslm/data/measured.json (docs/benchmarks.md).
+    """
+    from .. import measured, registry
+
+    data = measured.load()
+    for name in names or []:
+        check_strategy(name)
+    if as_json:
+        from .listing import strategy_rows
+
+        rows = [row | {"measured": data["strategies"].get(row["name"])} for row in strategy_rows()]
+        emit_json({"strategies": [row for row in rows if not names or row["name"] in names]})
+        return
+    for line in measured.screen_lines(data, registry.names()):
+        out.line(line)
+    if not names and not options:
+        out.line("`clslm strategies NAME` (or --options): its -o options; definitions of the figures: benchmarks/README.md")
+        return
     from .listing import strategy_rows
 
-    rows = strategy_rows()
-    if as_json:
-        emit_json({"strategies": rows})
-        return
-    for row in rows:
+    for row in strategy_rows():
+        if names and row["name"] not in names:
+            continue
+        out.line("")
         out.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
         helps = row.get("help", {})
         for key, value in row["options"].items():
