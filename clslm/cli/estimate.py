@@ -1,14 +1,15 @@
 """How long a learn will take, said before it starts: tokens × seconds per 1k tokens.
 
 The rate is this machine's own, from earlier learns with the same strategy and model (kept in
-$CLSLM_HOME/learn-rates.json), else the strategy's figure measured on the default model on 2 CPU cores
-(`Strategy.learn_seconds_per_1k_tokens`). Either way it is an estimate, and says so.
+$CLSLM_HOME/learn-rates.json), else the strategy's latest compare on the default model on 2 CPU cores
+(clslm/data/measured.json, the figures the README's table shows). Either way it is an estimate, and says so.
 """
 
 from __future__ import annotations
 
 import json
 
+from .. import measured
 from ..atomic import write_json_atomic
 from ..models import DEFAULT_MODEL
 from ..paths import clslm_home
@@ -43,7 +44,7 @@ def seconds_per_1k(session) -> tuple[float, str] | None:
     seen = _seen(_rates(), _key(session))
     if seen["tokens"] > 0:
         return 1000 * seen["seconds"] / seen["tokens"], "from earlier learns on this machine"
-    figure = getattr(type(session.strategy()), "learn_seconds_per_1k_tokens", None)
+    figure = measured.load()["strategies"].get(session.strategy_name, {}).get("learn_s_per_1k_tokens")
     if figure and session.model_ref == DEFAULT_MODEL:
         return figure, f"measured on {DEFAULT_MODEL}, 2 CPU cores"
     return None

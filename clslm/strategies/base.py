@@ -149,8 +149,6 @@ class Strategy(ABC):
     prefix: ClassVar[str] = ""  # in the name of every injected parameter/buffer
     paper: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
-    # Learn time on the default model on 2 CPU cores, for the CLI's estimate before a long learn (None: unknown).
-    learn_seconds_per_1k_tokens: ClassVar[float | None] = None
     # For the contract tests (tests/test_contract.py runs every strategy through them): -o options that keep a
     # learn fast on a tiny random model (CLI strings), and whether a learn descends a loss it reports (the loss
     # after must be below the loss before).

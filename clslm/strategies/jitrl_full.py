@@ -63,7 +63,6 @@ class JitrlFull(Strategy):
     Config = JitrlFullConfig
     paper = "2601.18510"
     summary = "stores the documents' hidden states with their next tokens; at each step rewards the next tokens of similar states"
-    learn_seconds_per_1k_tokens = 7.3  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         layers = decoder_layers(self.model)

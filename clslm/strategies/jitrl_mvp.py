@@ -76,7 +76,6 @@ class JitrlMVP(Strategy):
     Config = JitrlMVPConfig
     paper = "2601.18510"
     summary = "retrieves TF-IDF-ranked document chunks into the prompt, with a bounded logit bias toward their tokens"
-    learn_seconds_per_1k_tokens = 0.04  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         self.chunks: list[dict[str, str]] = []  # {"document": name, "text": chunk}

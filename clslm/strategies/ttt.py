@@ -144,7 +144,6 @@ class TTT(Routed, Strategy):
     prefix = PREFIX
     paper = "2512.23675"
     summary = "gradient descent on the document into sparse, TF-IDF-gated neuron copies of the last MLPs"
-    learn_seconds_per_1k_tokens = 246.0  # docs/benchmarks.md, current summary
     test_options = {"epochs": "3", "neurons": "8", "max_tokens": "32"}
     learns_by_gradient = True
 

@@ -99,7 +99,6 @@ class TTTLinear(Routed, Strategy):
     prefix = PREFIX
     paper = "2407.04620"
     summary = "fp32 TTT-Linear fast weights beside the last MLPs, trained by masked-token prediction with an anchor term"
-    learn_seconds_per_1k_tokens = 224.0  # docs/benchmarks.md, current summary
     test_options = {"epochs": "3", "max_tokens": "32"}
     learns_by_gradient = True
 

@@ -34,7 +34,6 @@ class Ace(Strategy):
     Config = AceConfig
     paper = "2510.04618"
     summary = "curates a bounded playbook of short bullets (Generator → Reflector → Curator delta patches); relevant bullets go above the question"
-    learn_seconds_per_1k_tokens = 1215.0  # docs/benchmarks.md, current summary
 
     def attach(self) -> None:
         self.playbook = Playbook(self.config.max_bullets, self.config.max_bullet_chars)

@@ -81,7 +81,6 @@ class Doc2LoRA(Routed, Strategy):
     prefix = "lora_"
     paper = "arXiv:2602.15902"
     summary = "Perceiver hypernetwork: document activations → peft LoRA on down_proj, one forward per chunk"
-    learn_seconds_per_1k_tokens = 4.2  # docs/benchmarks.md, current summary
     test_options = {"mode": "simulated", "steps": "3"}  # no trained hypernetwork fits a tiny random model
 
     def attach(self) -> None:
