@@ -14,6 +14,7 @@ import time
 from clslm.benchdata import load_facts
 from clslm.documents import Document
 from clslm.models import load_model, resolve_model
+from clslm.paths import clslm_home
 from clslm.scoring import contains_answer
 from clslm.strategies.base import StrategyContext, parse_options
 from clslm.strategies.ttt import TTT, TTTConfig
@@ -36,7 +37,7 @@ def main() -> None:
         seconds = tokens = state = 0.0
         for doc_id in args.ids.split(","):
             record = records[doc_id]
-            strategy = TTT(copy.deepcopy(base), tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+            strategy = TTT(copy.deepcopy(base), tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
             start = time.perf_counter()
             report = strategy.learn(Document(doc_id, record.document))
             seconds += time.perf_counter() - start

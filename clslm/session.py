@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, registry
 from .atomic import crash_point, is_temp, write_json_atomic
 from .documents import Document
-from .paths import session_path
+from .paths import clslm_home, session_path
 from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
 from .generation import Answer
 from .manifest import FORMAT_VERSION, checked_config, config_problem, read_committed, read_manifest, strict_numbers, upgrade
@@ -240,7 +240,7 @@ class Session:
             source = self._model_source()
             model, tokenizer = load_model(source, device=self.device, dtype=self.dtype)
             try:
-                strategy = cls(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+                strategy = cls(model, tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
             except InputError as e:  # from this command's -o options: bad input; from the manifest alone: corrupt
                 if self._new or self._request["options"]:
                     raise

@@ -18,7 +18,7 @@ from typing import Literal
 import pytest
 import torch
 
-from clslm import registry
+from clslm import paths, registry
 from clslm.documents import Document
 from clslm.errors import InputError, StrategyNotImplemented, UnknownStrategy
 from clslm.generation import generate
@@ -55,7 +55,7 @@ FACT = "The Kessenbrock Light was built by the engineer Adelmar Fosk."
 
 
 def build_strategy(name: str, model, tokenizer, source, config) -> Strategy:
-    strategy = registry.get(name)(model, tokenizer, config, StrategyContext(model_fingerprint=source.fingerprint))
+    strategy = registry.get(name)(model, tokenizer, config, StrategyContext(source.fingerprint, cache_dir=paths.clslm_home()))
     if name == "ace":
         strategy.client = CompetentLLM()
     return strategy

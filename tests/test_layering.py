@@ -81,3 +81,41 @@ def test_docs_architecture_names_every_module():
     text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
     missing = [str(p.relative_to(PACKAGE.parent)) for p in sorted(PACKAGE.rglob("*.py")) if f"`{p.relative_to(PACKAGE.parent)}`" not in text]
     assert not missing, f"docs/architecture.md has no line for {missing}"
+
+
+# Strategies write no file of their own: a cache goes through the context the Session gives
+# (strategies/context.py). doc2lora's trainer writes its outputs where `clslm doc2lora train --out` says: a
+# command's output, not a strategy's state in a session.
+WRITERS = {"clslm.strategies.context", "clslm.strategies.doc2lora.checkpoint", "clslm.strategies.doc2lora.train"}
+
+
+def test_strategies_write_files_only_through_their_context():
+    problems = [
+        f"{module} imports {target}"
+        for module, targets in graph().items()
+        if module.startswith("clslm.strategies")
+        for target in targets & {"clslm.paths", "clslm.atomic", "clslm.session"}
+        if not (target == "clslm.atomic" and module in WRITERS)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_context_caches_under_the_directory_it_is_given(tmp_path):
+    from clslm.strategies.context import StrategyContext
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return "value"
+
+    def cached(context, name="calibration/key.txt"):
+        return context.cached(name, compute, load=lambda p: p.read_text(), save=lambda v, tmp: tmp.write_text(v))
+
+    assert cached(StrategyContext("fp")) == "value" and not any(tmp_path.iterdir())  # no directory: nothing kept
+    context = StrategyContext("fp", cache_dir=tmp_path)
+    assert cached(context) == cached(context) == "value" and len(calls) == 2  # the second read the file
+    assert (tmp_path / "calibration" / "key.txt").read_text() == "value"
+    for name in ["", "/etc/x", "../x", "a/../../x", "a\\..\\x"]:
+        with pytest.raises(ValueError):
+            cached(context, name)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ..documents import Document
 from ..errors import InputError
 from ..generation import Answer, generate
+from .context import StrategyContext  # noqa: F401  (re-exported: what the Session gives a strategy)
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
@@ -132,13 +133,6 @@ class Adapter:
 
 def is_peft_model(model) -> bool:
     return type(model).__module__.startswith("peft.")
-
-
-@dataclass(frozen=True)
-class StrategyContext:
-    """What a strategy may know besides model and tokenizer: the model's fingerprint (for caches)."""
-
-    model_fingerprint: str = ""
 
 
 class Strategy(ABC):
@@ -264,6 +258,14 @@ class Strategy(ABC):
 
     def forget(self, documents: list[dict[str, Any]], position: int) -> None:
         """Remove from this strategy's state what learning documents[position] added (`clslm forget`).
+    # Checked before the load_* methods run (clslm/state_files.py): raise ValueError naming what does not fit
+    # (types, bounds, indices past the model: what a load would leave to the first question that uses it).
+    def check_extra_state(self, state: dict[str, Any]) -> None:
+        """The saved JSON state's layout (an object, already parsed and bounded)."""
+
+    def check_state_dict(self, tensors: dict[str, Any]) -> None:
+        """The saved tensors against this model (names, dtypes and shapes as the strategy puts them there)."""
+
 
         `documents` are the learn reports of every document learned so far, in learn order, as the session
         saved them (LearnReport fields; `extra` holds what the strategy reported), so a strategy can find a

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..generation import chat_prompt
-from ..paths import clslm_home
 from .anatomy import decoder_layers, gated_mlp
+from .context import StrategyContext
 
 
 def general_corpus() -> list[str]:
@@ -64,22 +64,24 @@ def calibrate_idf(model, tokenizer, layers: list[int], fire_fraction: float) -> 
     return idf
 
 
-def cached_idf(model, tokenizer, layers: list[int], fire_fraction: float, model_fingerprint: str) -> dict[int, torch.Tensor]:
-    """calibrate_idf, cached under $CLSLM_HOME/calibration when the model has a fingerprint."""
+def cached_idf(model, tokenizer, layers: list[int], fire_fraction: float, context: StrategyContext) -> dict[int, torch.Tensor]:
+    """calibrate_idf, cached through the Session's context (calibration/KEY.safetensors) when the model has a
+    fingerprint."""
     from safetensors.torch import load_file, save_file
 
-    from ..atomic import write_atomic
-
-    if not model_fingerprint:
+    def compute() -> dict[int, torch.Tensor]:
         return calibrate_idf(model, tokenizer, layers, fire_fraction)
+
+    if not context.model_fingerprint:
+        return compute()
     corpus = hashlib.sha256("\n".join(general_corpus()).encode()).hexdigest()[:12]
-    key = f"{model_fingerprint[:16]}-{corpus}-{fire_fraction:g}-{'_'.join(map(str, layers))}"
-    path = clslm_home() / "calibration" / f"{key}.safetensors"
-    if path.is_file():
-        return {int(k): v for k, v in load_file(path).items()}
-    idf = calibrate_idf(model, tokenizer, layers, fire_fraction)
-    write_atomic(path, lambda tmp: save_file({str(k): v for k, v in idf.items()}, str(tmp)))
-    return idf
+    key = f"{context.model_fingerprint[:16]}-{corpus}-{fire_fraction:g}-{'_'.join(map(str, layers))}"
+    return context.cached(
+        f"calibration/{key}.safetensors",
+        compute,
+        load=lambda path: {int(k): v for k, v in load_file(path).items()},
+        save=lambda idf, tmp: save_file({str(k): v for k, v in idf.items()}, str(tmp)),
+    )
 
 
 def select_neurons(doc_activations: list[torch.Tensor], idf: torch.Tensor, k: int, fire_fraction: float) -> torch.Tensor:

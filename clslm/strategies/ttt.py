@@ -167,7 +167,7 @@ class TTT(Routed, Strategy):
     def idf(self) -> dict[int, torch.Tensor]:
         if self._idf is None:
             with self.disabled():
-                self._idf = cached_idf(self.model, self.tokenizer, self.layer_ids, self.config.fire_fraction, self.context.model_fingerprint)
+                self._idf = cached_idf(self.model, self.tokenizer, self.layer_ids, self.config.fire_fraction, self.context)
         return self._idf
 
     def _add_patches(self, document: Document) -> list[NeuronPatch]:

@@ -11,6 +11,7 @@ from clslm.documents import Document
 from clslm.strategies import gating
 from clslm.strategies.base import StrategyContext
 from clslm.generation import chat_prompt
+from clslm import paths
 from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
 from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject
 from clslm.strategies.training import PhaseClock
@@ -25,7 +26,7 @@ OTHER = "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 
 def make(model_dir, **options):
     model, tokenizer, _ = load(model_dir)
     config = TTTConfig(**{"epochs": 2, "neurons": 8, "max_tokens": 32, **options})
-    return TTT(model, tokenizer, config, StrategyContext(model_fingerprint="test-model"))
+    return TTT(model, tokenizer, config, StrategyContext("test-model", cache_dir=paths.clslm_home()))
 
 
 # ---- training text -------------------------------------------------------------------------------
