@@ -53,6 +53,14 @@ class SessionMismatch(SessionError):
     pass
 
 
+class StateMismatch(ClslmError):
+    """Raised by a strategy (which knows no session): what it learned no longer fits something it was learned
+    with (doc2lora: the hypernetwork file changed since). The Session re-raises it as SessionMismatch naming the
+    session; a saved state that does not load is the Session's to say too (SessionCorrupt, state_files.py)."""
+
+    exit_code = 4
+
+
 class BackendUnreachable(ClslmError):
     """A model hub or LLM server that cannot be reached."""
 

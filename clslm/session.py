@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,10 @@ from . import __version__, registry
 from .atomic import crash_point, is_temp, write_json_atomic
 from .documents import Document
 from .paths import clslm_home, session_path
-from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, TrainingDiverged
+from .errors import ClslmError, InputError, ModelError, SessionBusy, SessionCorrupt, SessionError, SessionMismatch, SessionNotFound, StateMismatch
 from .generation import Answer
 from .manifest import FORMAT_VERSION, checked_config, config_problem, read_committed, read_manifest, strict_numbers, upgrade
-from .state_files import check_finite, load_extra, load_extra_into, load_into, load_tensors, read_blob, write_blob
+from .state_files import check_finite, load_extra, load_extra_into, load_into, load_tensors, read_blob, write_extra, write_tensors
 from .models import DEFAULT_MODEL, ModelSource, load_model, resolve_model, resolve_recorded
 from .session_documents import find as find_documents
 from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
@@ -260,14 +260,13 @@ class Session:
 
     def learn(self, documents: list[Document], on_step: StepCallback = noop, on_document=None) -> list[LearnReport]:
         """Learn the documents in order, then save once: all or nothing."""
-        strategy = self.strategy()
-        reports, before = [], copy.deepcopy(self.manifest)
+        strategy, reports = self.strategy(), []
 
         def step(s):
             crash_point("learning")
             on_step(s)
 
-        try:
+        with self._changing():
             for doc in documents:
                 if on_document:
                     on_document(doc)
@@ -275,33 +274,36 @@ class Session:
             learned = [strict_numbers(asdict(r)) | {"encoding": d.encoding, "characters": len(d.text), "learned_at": _now()} for d, r in zip(documents, reports)]
             self.manifest["documents"] = self.documents + learned
             self.save()
-        except BaseException:
-            self._roll_back(before)
-            raise
         return reports
 
     def forget(self, selector: str) -> list[dict[str, Any]]:
         """Forget the learned document `selector` names (name or sha256 prefix; every copy of its content),
         then save: all or nothing. Returns the forgotten documents' records."""
-        positions, before = find_documents(self.documents, selector), copy.deepcopy(self.manifest)
-        strategy = self.strategy()
-        try:
+        positions = find_documents(self.documents, selector)
+        forgotten, strategy = [copy.deepcopy(self.documents[i]) for i in positions], self.strategy()
+        with self._changing():
             for position in reversed(positions):
                 strategy.forget(self.documents, position)
                 del self.documents[position]
             self.save()
-        except BaseException:
-            self._roll_back(before)
-            raise
-        return [before["documents"][i] for i in positions]
+        return forgotten
 
-    def _roll_back(self, before: dict[str, Any]) -> None:
-        """After a failed learn or forget the in-memory model holds half-changed state: drop it and go back to
-        what is on disk (the old session, or the new one if the failure came after the commit point), minus
-        any state files this change wrote but never committed."""
-        self._strategy, self.manifest = None, read_committed(self.path / MANIFEST, before)
-        with contextlib.suppress(OSError):
-            self._prune()
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """A learn or forget, all or nothing. On any failure the in-memory model holds half-changed state: drop it
+        and go back to what is on disk (the old session, or the new one if the failure came after the commit
+        point), minus any state files this change wrote but never committed. A strategy's StateMismatch (it
+        knows no session) becomes SessionMismatch naming this one."""
+        before = copy.deepcopy(self.manifest)
+        try:
+            yield
+        except BaseException as e:
+            self._strategy, self.manifest = None, read_committed(self.path / MANIFEST, before)
+            with contextlib.suppress(OSError):
+                self._prune()
+            if isinstance(e, StateMismatch):
+                raise SessionMismatch(f"{self.path}: {e}; use a new session") from None
+            raise
 
     def ask(self, question: str, *, deltas: bool = True, max_new_tokens: int = 64) -> Answer:
         if not question.strip():
@@ -341,8 +343,8 @@ class Session:
         check_finite(tensors)
         extra = strategy.extra_state()
         self.manifest["state"] = {
-            "tensors": self._write_tensors(tensors) if tensors else None,
-            "extra": self._write_extra(extra) if extra else None,
+            "tensors": write_tensors(self.path, tensors, self.strategy_name) if tensors else None,
+            "extra": write_extra(self.path, extra, self.strategy_name) if extra else None,
         }
         self._commit()
 
@@ -352,21 +354,6 @@ class Session:
         write_json_atomic(self.path / MANIFEST, self.manifest)
         self._new = None
         self._prune()
-
-    def _write_tensors(self, tensors: dict[str, Any]) -> dict[str, Any]:
-        from safetensors.torch import save
-
-        # One metadata key: safetensors writes several in a per-process random order, and content-named
-        # files must be the same bytes for the same state.
-        data = save(tensors, metadata={"strategy": self.strategy_name})
-        return write_blob(self.path, "deltas", ".safetensors", data)
-
-    def _write_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
-        try:
-            text = json.dumps(extra, sort_keys=True, allow_nan=False)
-        except ValueError:
-            raise TrainingDiverged(f"learned state of {self.strategy_name} holds a non-finite number; nothing was saved") from None
-        return write_blob(self.path, "state", ".json", text.encode("utf-8"))
 
     def verify(self) -> None:
         """Check that every state file the manifest names is there with its size and sha256, and that the

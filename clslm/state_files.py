@@ -48,6 +48,24 @@ def write_blob(directory: Path, stem: str, suffix: str, data: bytes) -> dict[str
     return {"file": name, "bytes": len(data), "sha256": digest}
 
 
+def write_tensors(directory: Path, tensors: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """A strategy's learned tensors as deltas-<sha16>.safetensors; its manifest entry."""
+    from safetensors.torch import save
+
+    # One metadata key: safetensors writes several in a per-process random order, and content-named
+    # files must be the same bytes for the same state.
+    return write_blob(directory, "deltas", ".safetensors", save(tensors, metadata={"strategy": strategy}))
+
+
+def write_extra(directory: Path, extra: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """A strategy's JSON state as state-<sha16>.json (a non-finite number in it is divergence); its manifest entry."""
+    try:
+        text = json.dumps(extra, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise TrainingDiverged(f"learned state of {strategy} holds a non-finite number; nothing was saved") from None
+    return write_blob(directory, "state", ".json", text.encode("utf-8"))
+
+
 def read_blob(directory: Path, entry: dict[str, Any]) -> bytes:
     """The bytes of the state file a manifest entry names, checked: in `directory`, its size, its sha256."""
     path = directory / entry["file"]

@@ -176,6 +176,24 @@ def test_session_round_trip_and_info_name_the_hypernetwork(llama_dir, hypernet_f
         assert extra["hypernet"] == {"path": str(hypernet_file), "sha256": info["hypernet"]["sha256"]}
 
 
+def test_a_hypernetwork_changed_since_is_a_session_mismatch(llama_dir, hypernet_file, tmp_path):
+    """doc2lora raises its own StateMismatch (it knows no session); the Session names itself (exit 4)."""
+    from clslm.errors import SessionMismatch
+
+    net_file, path = tmp_path / "net.safetensors", tmp_path / "session"
+    net_file.write_bytes(hypernet_file.read_bytes())
+    with Session.create(path, model=str(llama_dir), strategy="doc2lora", options={"hypernet": str(net_file)}, device="cpu") as session:
+        session.learn([Document("kessenbrock", DOCUMENT)])
+    net = load_hypernet(net_file)
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    save_hypernet(net, net_file)
+    before = (path / "session.json").read_bytes()
+    with Session.open(path, device="cpu") as session, pytest.raises(SessionMismatch, match=f"^{re.escape(str(path))}: .*hypernetwork changed since the documents were learned.*use a new session") as e:
+        session.learn([Document("orvane", SECOND)])
+    assert e.value.exit_code == 4 and (path / "session.json").read_bytes() == before
+
+
 def test_a_model_without_a_trained_hypernetwork_is_told_what_to_do(llama_dir):
     with pytest.raises(Exception, match="no trained hypernetwork for this model.*mode=simulated") as e:
         strategy(llama_dir)

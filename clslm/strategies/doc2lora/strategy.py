@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...documents import Document
-from ...errors import InputError, SessionMismatch
+from ...errors import InputError, StateMismatch
 from ...models import file_sha256
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option
@@ -131,7 +131,7 @@ class Doc2LoRA(Routed, Strategy):
 
             sha = file_sha256(self.hypernet_path)
             if self.hypernet_sha256 and sha != self.hypernet_sha256:
-                raise SessionMismatch(f"{self.hypernet_path}: hypernetwork changed since this session's documents were learned (sha256 {sha[:12]}, was {self.hypernet_sha256[:12]}); use a new session")
+                raise StateMismatch(f"{self.hypernet_path}: hypernetwork changed since the documents were learned (sha256 {sha[:12]}, was {self.hypernet_sha256[:12]})")
             self._net = load_hypernet(self.hypernet_path).to(lora.unwrap(self.model).device)
             self.hypernet_sha256 = sha
         return self._net
