@@ -151,8 +151,9 @@ def test_an_ace_url_that_is_no_url_is_backend_unreachable(capfd, tmp_path, llama
     assert not new.exists()
 
 
-def test_garbage_from_the_llm_server_learns_nothing_and_says_so(capfd, tmp_path, llama_dir, doc_file, monkeypatch):
-    """Decision: exit 0 (the session is consistent and whatever else was learned is kept) with a warning."""
+def test_garbage_from_the_llm_server_falls_back_to_the_sentences_and_says_so(capfd, tmp_path, llama_dir, doc_file, monkeypatch):
+    """Decision: exit 0 (the session is consistent; ace's playbook holds the document's own sentences
+    instead of the LLM's bullets) with a warning saying so."""
     from clslm.strategies import llm_client
     from strategies.llm_server import ScriptedServer, openai
 
@@ -163,8 +164,9 @@ def test_garbage_from_the_llm_server_learns_nothing_and_says_so(capfd, tmp_path,
         code, out, err = run(capfd, *args, "--json")
     assert code == 0, err
     report = json.loads(out)["documents"][0]
-    assert report["extra"]["bullets"] == 0 and report["extra"]["invalid_replies"] == 2
-    assert "warning: " in err and "nothing learned; 2 LLM replies were not usable" in err
+    assert report["extra"]["bullets"] == report["extra"]["extractive"] == 3 and report["extra"]["invalid_replies"] == 2
+    assert "warning: " in err and "1 of 1 chunks had no usable delta from the LLM (2 replies not usable" in err
+    assert "3 bullets were taken from the document's sentences instead" in err
 
 
 def test_export_force_keeps_files_a_user_added(capfd, tmp_path, llama_dir, doc_file):

@@ -77,7 +77,9 @@ def warn_if_nothing_learned(report) -> None:
     """A learn whose LLM replies were all unusable (ace: garbage from the server) still succeeds, as it
     learned what it could and the session is consistent; it says so on stderr instead of in silence."""
     extra = report.extra or {}
-    if extra.get("invalid_replies") and not any(extra.get(k) for k in ("added", "updated")):
+    if isinstance(extra.get("warning"), str):  # the strategy's own account (ace: an LLM's garbage, replaced by extractive bullets)
+        err.line(f"warning: {report.name}: {extra['warning']}")
+    elif extra.get("invalid_replies") and not any(extra.get(k) for k in ("added", "updated", "extractive")):
         err.line(f"warning: {report.name}: nothing learned; {extra['invalid_replies']} LLM replies were not usable (check -o llm_url / llm_model)")
 
 

@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .kv_prefix import PrefixCache
+
 OPENERS = {"object": "{", "array": "[", "string": '"'}
 
 
-def fill(model, tokenizer, prompt: str, schema: dict[str, Any], *, max_tokens: int = 256) -> str:
-    """JSON text for `schema`, continuing `prompt`; at most `max_tokens` generated for all strings."""
-    return _Guide(model, tokenizer, max_tokens).value(prompt, schema)
+def fill(model, tokenizer, prompt: str, schema: dict[str, Any], *, max_tokens: int = 256, runner: PrefixCache | None = None) -> str:
+    """JSON text for `schema`, continuing `prompt`; at most `max_tokens` generated for all strings.
+    `runner` (a PrefixCache of `model`) is the KV cache to continue from: pass the same one to calls
+    whose prompts share a prefix."""
+    return _Guide(runner or PrefixCache(model), tokenizer, max_tokens).value(prompt, schema)
 
 
 class _Guide:
-    def __init__(self, model, tokenizer, max_tokens: int):
-        self.model, self.tokenizer, self.left = model, tokenizer, max_tokens
+    def __init__(self, runner: PrefixCache, tokenizer, max_tokens: int):
+        self.runner, self.tokenizer, self.left = runner, tokenizer, max_tokens
 
     def value(self, prefix: str, schema: dict[str, Any]) -> str:
         if "anyOf" in schema:
@@ -60,44 +64,32 @@ class _Guide:
 
     def string(self, prefix: str, max_chars: int) -> str:
         """A string the model writes after an opening quote, cut at its closing quote or a newline."""
-        import torch
-
         budget = min(self.left, max(4, max_chars // 2))
         if budget <= 0:
             return '""'
-        ids = self._ids(prefix + '"')
-        with torch.no_grad():
-            output = self.model.generate(
-                torch.tensor([ids], device=self.model.device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
-                max_new_tokens=budget,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                stop_strings=['"', "\n"],
-                tokenizer=self.tokenizer,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
-            )
-        new = output[0, len(ids) :]
+        decode = lambda new: self.tokenizer.decode(new, skip_special_tokens=True)  # noqa: E731
+        ends = _end_ids(self.tokenizer)
+        new = self.runner.greedy(self._ids(prefix + '"'), budget, lambda new: new[-1] in ends or '"' in decode(new[-1:]) or "\n" in decode(new[-1:]))
         self.left -= len(new)
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return json.dumps(shorten(text.split('"')[0].split("\n")[0].strip(), max_chars))
+        return json.dumps(shorten(decode(new).split('"')[0].split("\n")[0].strip(), max_chars))
 
     def choose(self, prefix: str, options: list[str]) -> str:
         """The option the model finds likeliest after `prefix` (sum of token log-probabilities)."""
         return options[0] if len(options) == 1 else max(options, key=lambda option: self._logprob(prefix, option))
 
     def _logprob(self, prefix: str, continuation: str) -> float:
-        import torch
-
-        start, ids = len(self._ids(prefix)), self._ids(prefix + continuation)
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0].float().log_softmax(-1)
-        return sum(logits[i - 1, ids[i]].item() for i in range(max(start, 1), len(ids)))
+        start, ids = max(len(self._ids(prefix)), 1), self._ids(prefix + continuation)
+        if start >= len(ids):
+            return 0.0
+        logits = self.runner.logits(ids, start - 1).log_softmax(-1)  # row j predicts token start + j
+        return sum(logits[i - start, ids[i]].item() for i in range(start, len(ids)))
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _end_ids(tokenizer) -> set[int]:
+    return {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
 
 
 def head(schema: dict[str, Any]) -> str:

@@ -230,10 +230,6 @@ class OpenAIClient(HTTPClient):
             raise self._failed(f"malformed reply {response.text[:80]!r}") from None
 
     def _format_refused(self, detail: str) -> bool:
-        """A server error that is about the request's output format: asking again cannot help."""
-        return False
-
-    def _format_refused(self, detail: str) -> bool:
         return "response_format" in detail
 
     def _not_found(self, detail: str) -> Exception:
@@ -250,26 +246,40 @@ def response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class InProcessClient(LLMClient):
-    """The session's own model: greedy chat via clslm.generation; schemas by guided decoding."""
+    """The session's own model: greedy chat; schemas by guided decoding. One KV cache is kept across
+    calls (kv_prefix.PrefixCache): a prompt that starts as the previous one did (ace's roles all start
+    with the same chunk) runs only its own tokens; `reuse_prefix=False` runs every prompt whole."""
 
     label = "in-process model"
 
-    def __init__(self, model, tokenizer, *, max_tokens: int = 256):
+    def __init__(self, model, tokenizer, *, max_tokens: int = 256, reuse_prefix: bool = True):
+        from .kv_prefix import PrefixCache
+
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
+        self.runner = PrefixCache(model, reuse=reuse_prefix)
 
     def chat(self, messages: Messages, *, schema: dict[str, Any] | None = None) -> str:
-        from ..generation import chat_prompt, generate
+        from ..generation import chat_prompt
         from .guided import fill
 
-        message = flatten(messages)
-        if schema is None:
-            return generate(self.model, self.tokenizer, message, max_new_tokens=self.max_tokens).text
-        return fill(self.model, self.tokenizer, chat_prompt(self.tokenizer, message), schema, max_tokens=self.max_tokens)
+        prompt = chat_prompt(self.tokenizer, flatten(messages))
+        if schema is not None:
+            return fill(self.model, self.tokenizer, prompt, schema, max_tokens=self.max_tokens, runner=self.runner)
+        ids, ends = self.tokenizer(prompt, add_special_tokens=False)["input_ids"], end_ids(self.model, self.tokenizer)
+        new = self.runner.greedy(ids, self.max_tokens, lambda new: new[-1] in ends)
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def count_tokens(self, text: str) -> int:
         from ..generation import count_tokens
 
         return count_tokens(self.tokenizer, text)
+
+
+def end_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a reply: the model's generation config's and the tokenizer's end tokens."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
 def flatten(messages: Messages) -> str:

@@ -4,6 +4,7 @@ scripted Ollama server on 127.0.0.1), prompt injection, retrieval within a budge
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -163,7 +164,7 @@ def test_the_delta_schema_limits_ops_ids_and_length():
 def test_one_chunk_goes_generator_reflector_curator(loaded):
     ace = make_ace(loaded, one_chunk(delta(("add", "", "The Kessenbrock Light was finished in 1793."))))
     report = ace.learn(Document(name="kessenbrock", text=DOCUMENT))
-    assert report.extra == {"chunks": 1, "bullets": 1, "added": 1}
+    assert report.extra == {"chunks": 1, "bullets": 1, "added": 1, "kept": 1}
     assert ace.playbook.bullets == [{"id": "b1", "text": "The Kessenbrock Light was finished in 1793.", "doc": report.sha256, "chunk": 0}]
     (gen, gen_schema), (refl, refl_schema), (cur, cur_schema) = ace.client.calls
     assert gen_schema is None and set(refl_schema["properties"]) == {"missing", "wrong"} and "operations" in cur_schema["properties"]
@@ -184,7 +185,8 @@ def test_the_roles_see_related_bullets_and_may_only_touch_those(loaded):
 
 
 def test_an_invalid_delta_is_retried_once_then_dropped_leaving_the_playbook_byte_identical(loaded):
-    ace = make_ace(loaded, one_chunk("{oops", delta(("explode", "", "all"))))
+    """With extract=never; the default's extractive fallback: test_ace_grounding.py."""
+    ace = make_ace(loaded, one_chunk("{oops", delta(("explode", "", "all"))), extract="never")
     ace.playbook.apply(ops(("add", "", "The Kessenbrock Light is a lighthouse.")), SHA, 0)
     before = ace.playbook.to_json()
     report = ace.learn(Document(name="kessenbrock", text=DOCUMENT))
@@ -239,18 +241,20 @@ def test_a_prompt_injection_document_stays_data_and_cannot_pass_the_caps(loaded)
     ace.playbook.apply(ops(("add", "", "Visitors climb 214 steps.")), SHA, 0)
     report = ace.learn(Document(name="evil", text=" ".join([INJECTION] * 3)))
     assert report.extra["chunks"] > 3 and report.extra["dropped_deltas"] == 1
-    assert len(ace.playbook.bullets) == 5 and report.extra["full"] > 0
-    assert all(len(b["text"]) <= 60 for b in ace.playbook.bullets)
+    assert report.extra["rejected"] > 0 and not any("rule" in b["text"] for b in ace.playbook.bullets)  # not in the document
+    assert len(ace.playbook.bullets) == 5  # max_bullets: later adds are duplicates or refused as full
+    assert all(len(b["text"]) <= 60 and "<" not in b["text"] for b in ace.playbook.bullets)
     assert ace.playbook.get("b1") is not None  # bullets unrelated to the chunk cannot be touched
     for messages, _ in ace.client.calls:
         user = messages[1]["content"]
         assert user.count("<document>") == 1 and user.count("</document>") == 1
-        start, end = user.index("<document>"), user.index("</document>")
-        assert "ignore previous instructions" not in user[:start] + user[end:]
+        assert user.count("<playbook>") == 1 and user.count("</playbook>") == 1
+        outside = re.sub(r"<(document|playbook)>.*?</\1>", "", user, flags=re.DOTALL)
+        assert "ignore previous instructions" not in outside and "admin mode" not in outside
 
 
 def test_as_data_takes_out_every_delimiter_spelling():
-    assert as_data("a </document> b < Document > c </ LESSONS> d <drafts>") == "a   b   c   d"
+    assert as_data("a </document> b < Document > c </ LESSONS> d <drafts> e </playbook>") == "a   b   c   d   e"
 
 
 # ---- answering -----------------------------------------------------------------------------------
@@ -308,7 +312,7 @@ def test_learning_through_ollama(loaded):
 def test_bad_json_and_unknown_ops_from_ollama_are_dropped(loaded):
     replies = [ollama("drafts"), ollama(LESSONS), ollama('{"operations": [{"op": "add", "te'), ollama(delta(("merge_all", "", "x")))]
     with ScriptedServer(replies) as server:
-        ace = ollama_ace(loaded, server)
+        ace = ollama_ace(loaded, server, extract="never")
         before = ace.playbook.to_json()
         report = ace.learn(Document(name="kessenbrock", text=DOCUMENT))
     assert ace.playbook.to_json() == before and report.extra["dropped_deltas"] == 1

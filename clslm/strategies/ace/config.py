@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..base import StrategyConfig, option
 
@@ -23,6 +24,8 @@ class AceConfig(StrategyConfig):
     budget: int = option(256, "most tokens of bullets above a question", min=1)
     llm_budget: int = option(1024, "most tokens of bullets shown to the roles per chunk (backend's count)", min=1)
     reply_tokens: int = option(512, "longest reply of a role, in tokens", min=1)
+    grounding: float = option(0.75, "least share of a bullet's content words found in its chunk (its names and numbers: all)", min=0, max=1)
+    extract: Literal["fallback", "always", "never"] = option("fallback", "the chunk's sentences as bullets: when the backend's delta is unusable or ungrounded (fallback), after every delta (always: those not yet in the playbook), or never")
     timeout: float = option(120.0, "seconds to wait for a server's reply (connect: 5 s)", above=0)
 
     def __post_init__(self):

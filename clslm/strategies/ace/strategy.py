@@ -13,6 +13,7 @@ from ..base import LearnReport, Step, StepCallback, Strategy, noop
 from ..llm_client import InProcessClient, LLMClient, Messages, OllamaClient, OpenAIClient, ollama_url
 from ..tfidf import rank
 from .config import AceConfig
+from .grounding import extract, grounded, questions_of
 from .playbook import Playbook
 from .prompts import InvalidReply, curator_task, delta_schema, generator_task, lessons_schema, messages, parse_delta, parse_lessons, reflector_task, retry_messages
 
@@ -58,11 +59,14 @@ class Ace(Strategy):
             self.learn_chunk(chunk, document.sha256, i, stats)
             on_step(Step(i + 1, len(chunks), phase="curate"))
         tokens = count_tokens(self.tokenizer, document.text)
-        extra = {"chunks": len(chunks), "bullets": len(self.playbook.bullets), **dict(sorted(stats.items()))}
+        extra = {"chunks": len(chunks), "bullets": len(self.playbook.bullets), **{k: v for k, v in sorted(stats.items()) if v}}
+        if note := warning(stats, len(chunks)):
+            extra["warning"] = note
         return LearnReport(document.name, document.sha256, tokens, None, None, round(time.perf_counter() - start, 2), extra)
 
     def learn_chunk(self, chunk: str, doc: str, index: int, stats: Counter) -> None:
-        """Generator → Reflector → Curator on one chunk; a valid delta is merged, an invalid one dropped."""
+        """Generator → Reflector → Curator on one chunk; the delta's grounded operations are merged; when
+        none is usable (or with extract=always) the chunk's own sentences are added."""
         c = self.config
         shown = self.shown_bullets(chunk)
         drafts = self.client.chat(messages(chunk, shown, generator_task(c.questions)))
@@ -72,9 +76,18 @@ class Ace(Strategy):
             lambda reply: parse_lessons(reply, c.max_ops, c.max_bullet_chars),
             stats,
         )
-        if not lessons:
-            return
-        ids = [b["id"] for b in shown]
+        ops = self.curate(chunk, shown, lessons, stats) if lessons else None
+        kept = self.ground(ops or [], chunk, stats)
+        stats.update(self.playbook.apply(kept, doc, index))
+        usable = lessons == [] or any(op["op"] != "remove" for op in kept)  # no lessons: nothing was missing
+        stats["fallback_chunks"] += not usable
+        if c.extract == "always" or (not usable and c.extract == "fallback"):
+            pointers = [s.split(": ", 1)[-1] for s in lessons or []] + questions_of(drafts)
+            self.add_extractive(extract(chunk, pointers, c.max_bullet_chars, c.extract == "always"), doc, index, stats)
+
+    def curate(self, chunk: str, shown: list[dict[str, Any]], lessons: list[str], stats: Counter) -> list[dict[str, str]] | None:
+        """The Curator's delta for the lessons; None (counted as dropped) when both tries were invalid."""
+        c, ids = self.config, [b["id"] for b in shown]
         ops = self._json_call(
             messages(chunk, shown, curator_task(lessons, c.max_ops, c.max_bullet_chars)),
             delta_schema(ids, c.max_ops, c.max_bullet_chars),
@@ -83,8 +96,24 @@ class Ace(Strategy):
         )
         if ops is None:
             stats["dropped_deltas"] += 1
-            return
-        stats.update(self.playbook.apply(ops, doc, index))
+        return ops
+
+    def ground(self, ops: list[dict[str, str]], chunk: str, stats: Counter) -> list[dict[str, str]]:
+        """The operations whose text the chunk supports (removes always: they state nothing); counts
+        kept and rejected adds and updates."""
+        kept = []
+        for op in ops:
+            ok = op["op"] == "remove" or grounded(op["text"], chunk, self.config.grounding)
+            if op["op"] != "remove":
+                stats["kept" if ok else "rejected"] += 1
+            kept += [op] if ok else []
+        return kept
+
+    def add_extractive(self, texts: list[str], doc: str, index: int, stats: Counter) -> None:
+        """The chunk's sentences as bullets (deduplicated, within max_bullets): counted as extractive."""
+        done = self.playbook.apply([{"op": "add", "id": "", "text": t} for t in texts], doc, index)
+        stats["extractive"] += done.pop("added", 0)
+        stats.update(done)
 
     def _json_call(self, base: Messages, schema: dict[str, Any], parse, stats: Counter):
         """The parsed reply, asking once more after an invalid one; None when both are invalid."""
@@ -131,6 +160,14 @@ class Ace(Strategy):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": backend_name(self.config), "bullets": len(self.playbook.bullets), "documents": len({b["doc"] for b in self.playbook.bullets})}
+
+
+def warning(stats: Counter, chunks: int) -> str:
+    """A line for stderr when the backend's replies were garbage or its bullets ungrounded ('' otherwise)."""
+    if not stats["fallback_chunks"]:
+        return ""
+    why = f"{stats['invalid_replies']} replies not usable, {stats['rejected']} bullets not found in the document"
+    return f"{stats['fallback_chunks']} of {chunks} chunks had no usable delta from the LLM ({why}); {stats['extractive']} bullets were taken from the document's sentences instead"
 
 
 def backend_name(config: AceConfig) -> str:
