@@ -79,7 +79,7 @@ def replay_prefix(model, start: int, hidden: torch.Tensor):
             layers[i] = layer
 
 
-def hidden_before(model, start: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+def hidden_before(model, start: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """Hidden states entering decoder layer `start` (None when start is 0: nothing to skip)."""
     if start == 0:
         return None
@@ -93,7 +93,7 @@ def hidden_before(model, start: int, input_ids: torch.Tensor, attention_mask: to
     handle = layers[start].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     except _Stop:
         pass
     finally:

@@ -21,6 +21,7 @@ import torch
 from ..documents import Document, split_sentences
 from ..generation import chat_prompt
 from .context_distillation import distillation_loss
+from .packing import attention_mask_for
 from .questions import NOT_NAMES, questions_for
 
 
@@ -219,7 +220,8 @@ def reply_loss(model, batch: dict[str, torch.Tensor], hard: float = 1.0) -> torc
     Next-token cross-entropy; with teacher targets in the batch, KL(teacher ‖ student) plus `hard` times
     the cross-entropy.
     """
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    mask = attention_mask_for(model, batch["attention_mask"], model.dtype)
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()

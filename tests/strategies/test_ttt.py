@@ -291,3 +291,16 @@ def test_beams_answer_with_beam_search_and_the_base_model_stays_greedy(llama_dir
     with strategy.disabled():
         assert strategy.answer(question, max_new_tokens=12).text == decoded(num_beams=1)
     assert strategy.beams("What is the capital of France?") == 1  # routed to no part: the base model, greedy
+
+
+def test_bfloat16_training_learns_float32_deltas_close_to_the_float32_run(llama_dir):
+    full = make(llama_dir, neurons=8, seed=1)
+    report = full.learn(Document("d", DOCUMENT))
+    half = make(llama_dir, neurons=8, seed=1, precision="bfloat16")
+    report_bf16 = half.learn(Document("d", DOCUMENT))
+    assert report_bf16.loss_after < report_bf16.loss_before
+    patches = [p for d in half.dual_mlps().values() for p in d.ttt_patches]
+    assert {p.gate.dtype for p in patches} == {torch.float32}  # autocast: the parameters stay float32
+    a, b = full.state_dict(), half.state_dict()
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # bfloat16 arithmetic did run
+    assert abs(report_bf16.loss_after - report.loss_after) < 0.1 * report.loss_before
