@@ -16,7 +16,7 @@ from helpers import PACKAGE, graph, imports, module_name
 # trainer reads too) is data, not bench code.
 OUTWARD = ("clslm.cli", "clslm.bench", "clslm.bench_results", "clslm.bench_report")
 # Modules outside a strategy's package that are its own (only it imports them).
-OWN_PARTS = {"clslm.strategies.ttt_export": "clslm.strategies.ttt"}
+OWN_PARTS = {"clslm.strategies.ttt_export": "clslm.strategies.ttt", "clslm.strategies.ttt_state": "clslm.strategies.ttt"}
 
 
 def strategy_modules() -> set[str]:
@@ -119,3 +119,8 @@ def test_the_context_caches_under_the_directory_it_is_given(tmp_path):
     for name in ["", "/etc/x", "../x", "a/../../x", "a\\..\\x"]:
         with pytest.raises(ValueError):
             cached(context, name)
+
+
+def test_state_files_names_no_strategy():
+    """Each strategy checks its own saved layout (Strategy.check_extra_state / check_state_dict)."""
+    assert not {t for t in graph()["clslm.state_files"] if t.startswith("clslm.strategies")}

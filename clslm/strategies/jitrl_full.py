@@ -20,6 +20,7 @@ from transformers import LogitsProcessor
 from ..documents import Document, chunk_spans
 from ..errors import InputError
 from ..generation import chat_prompt
+from ..state_files import need
 from .anatomy import decoder_layers
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
 from .forgetting import cannot, drop_front, reported_rows, share
@@ -189,6 +190,17 @@ class JitrlFull(Strategy):
         if not len(self.next_ids):
             return {}
         return {KEYS: self.keys, NEXT: self.next_ids, CENTER: self.center, META: self._meta()}
+
+    def check_state_dict(self, tensors: dict) -> None:
+        """The store: keys [rows, width] (floating), next token ids [rows] within the vocabulary, center [width]."""
+        keys, nexts, center = tensors.get(KEYS), tensors.get(NEXT), tensors.get(CENTER)
+        if keys is None or nexts is None or center is None:
+            return  # load_state_dict names what is missing
+        width, vocab = self.keys.shape[1], self.model.get_output_embeddings().weight.shape[0]
+        need(keys.is_floating_point() and keys.ndim == 2 and keys.shape[1] == width, f"{KEYS} should be floating-point [rows, {width}], not {keys.dtype} {list(keys.shape)}")
+        need(not nexts.is_floating_point() and nexts.dtype != torch.bool, f"{NEXT} should hold integer token ids, not {nexts.dtype}")
+        need(nexts.ndim == 1 and int(nexts.min()) >= 0 and int(nexts.max()) < vocab, f"{NEXT} should hold token ids in 0..{vocab - 1}")
+        need(center.is_floating_point(), f"{CENTER} should be floating-point, not {center.dtype}")
 
     def load_state_dict(self, tensors: dict) -> None:
         if set(tensors) != {KEYS, NEXT, CENTER, META}:

@@ -19,6 +19,7 @@ from transformers import LogitsProcessor
 from ..documents import Document, split_chunks
 from ..errors import InputError
 from ..generation import count_tokens, user_message
+from ..state_files import need
 from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
 from .forgetting import reported_counts, share
 from .router import DocumentKeys, Router, threshold_option
@@ -156,6 +157,13 @@ class JitrlMVP(Strategy):
         chunks = state.get("chunks", [])
         if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
             raise InputError("jitrl-mvp: saved chunks are malformed")
+    def check_extra_state(self, state: dict) -> None:
+        chunks = state.get("chunks", [])
+        need(isinstance(chunks, list), "chunks must be a list")
+        for chunk in chunks:
+            need(isinstance(chunk, dict) and isinstance(chunk.get("document"), str) and isinstance(chunk.get("text"), str), "a chunk needs a string document and text")
+        self.router.check_saved(state)
+
         self.chunks, self._index = list(chunks), None
         saved = state.get("keys", {})
         for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild

@@ -20,6 +20,7 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from ..documents import split_sentences
+from ..state_files import is_int, is_number, need
 from .base import option
 from .stop_words import ENGLISH_STOP_WORDS
 
@@ -128,12 +129,28 @@ def top_option(default: int, minimum: int, help: str) -> Any:
     return option(default, help, min=minimum)
 
 
+def check_keys(value: Any, what: str = "keys") -> None:
+    """Raise ValueError unless `value` is a list of DocumentKeys.to_json(): {weighting, vocabulary: [term],
+    sentences: [[[term index, weight]]]}."""
+    need(isinstance(value, list), f"{what} must be a list")
+    for i, keys in enumerate(value):
+        need(isinstance(keys, dict) and isinstance(keys.get("vocabulary"), list) and isinstance(keys.get("sentences"), list), f"{what}[{i}] needs vocabulary and sentences lists")
+        vocabulary, sentences = keys["vocabulary"], keys["sentences"]
+        need(all(isinstance(t, str) for t in vocabulary), f"{what}[{i}].vocabulary must hold strings")
+        need(isinstance(keys.get("weighting", ""), str), f"{what}[{i}].weighting must be a string")
+        for row in sentences:
+            need(isinstance(row, list), f"{what}[{i}].sentences must hold lists of [term, weight] pairs")
+            for pair in row:
+                ok = isinstance(pair, list) and len(pair) == 2 and is_int(pair[0]) and 0 <= pair[0] < len(vocabulary)
+                need(ok and is_number(pair[1]), f"{what}[{i}].sentences holds {str(pair)[:40]}, not a [term index, weight] pair")
+
+
 class Router:
     """A strategy's routing keys, one per routed unit (a document, or a part of one) in learn order, and the
     questions they match under the Config's route_threshold.
 
     Named routers (jitrl-mvp: one unit per document name) save their keys as an object {name: keys}, the
-    others as a list, as sessions have always held them (state_files.py checks both).
+    others as a list, as sessions have always held them (check_saved checks both).
     """
 
     def __init__(self, config: Any, named: bool = False):
@@ -187,8 +204,16 @@ class Router:
             return {n: k.to_json() for n, k in zip(self.names, self.keys)}
         return [k.to_json() for k in self.keys]
 
+    def check_saved(self, state: dict[str, Any]) -> None:
+        """Raise ValueError unless state["keys"] (absent: none) is what to_json() writes (before load)."""
+        saved = state.get("keys", [] if self.names is None else {})
+        if self.names is not None:
+            need(isinstance(saved, dict), "keys must be an object (document name: its routing keys)")
+            saved = list(saved.values())
+        check_keys(saved)
+
     def load(self, saved: list | dict) -> None:
-        """Keys as to_json() wrote them (state_files.py has checked their layout)."""
+        """Keys as to_json() wrote them (check_saved has checked their layout)."""
         if self.names is not None:
             self.names, self.keys = list(saved), [DocumentKeys.from_json(k) for k in saved.values()]
         else:
@@ -208,6 +233,10 @@ class Routed:
 
     def route_to(self, active: list[int] | None) -> AbstractContextManager[None]:
         raise NotImplementedError
+
+    def check_extra_state(self, state: dict[str, Any]) -> None:
+        """Strategy.check_extra_state: the saved routing keys (a strategy with more JSON state extends this)."""
+        self.router.check_saved(state)
 
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:

@@ -21,6 +21,7 @@ not diluted by the mean over all the others; `route_top=0` answers through the s
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Literal
 from ...documents import Document
 from ...errors import InputError, StateMismatch
 from ...models import file_sha256
+from ...state_files import need
 from ..anatomy import last_layers
 from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from ..forgetting import cannot
@@ -42,6 +44,7 @@ from .simulated import simulate
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
 SIMULATED_LABEL = "simulated: gradient context distillation, no hypernetwork"
 DOCUMENT_KEY = "documents."  # prefix of each document's own adapter in the saved state
+SAVED_KEY = re.compile(r"^(?:documents\.(\d{1,6})\.)?base_model\.model\.(.+)\.lora_([AB])\.weight$")  # (document, module, A|B)
 
 
 @dataclass
@@ -244,6 +247,20 @@ class Doc2LoRA(Routed, Strategy):
             state |= {f"{DOCUMENT_KEY}{i}.{k}": v for k, v in lora.peft_state(factors).items()}
         return state
 
+    def check_state_dict(self, tensors: dict) -> None:
+        """LoRA factors, the session's and each document's: A [r, in] and B [out, r] of a module doc2lora targets."""
+        base, ranks = lora.unwrap(self.model), {}
+        for key, value in tensors.items():
+            match = SAVED_KEY.match(key)
+            if match is None or match[2] not in self.names:
+                continue  # load_state_dict refuses it by name
+            out_features, in_features = base.get_submodule(match[2]).weight.shape
+            r = value.shape[0] if match[3] == "A" else value.shape[-1]
+            shape = (r, in_features) if match[3] == "A" else (out_features, r)
+            need(value.is_floating_point() and value.ndim == 2 and tuple(value.shape) == shape and r >= 1, f"tensor {key!r} should be floating-point [{'r, ' + str(in_features) if match[3] == 'A' else str(out_features) + ', r'}], not {value.dtype} {list(value.shape)}")
+            ranks.setdefault(match[1], set()).add(r)
+        need(all(len(r) == 1 for r in ranks.values()), "the factors of one adapter have different ranks")
+
     def load_state_dict(self, tensors: dict) -> None:
         tensors, own = dict(tensors), {}
         for key in [k for k in tensors if k.startswith(DOCUMENT_KEY)]:
@@ -265,6 +282,14 @@ class Doc2LoRA(Routed, Strategy):
         hypernet = {"path": str(self.hypernet_path), "sha256": self.hypernet_sha256} if self.hypernet_sha256 else None
         keys = self.router.to_json()
         return {"mode": self.mode_label, "hypernet": hypernet, "documents": self.documents, "keys": keys} if self.documents else {}
+
+    def check_extra_state(self, state: dict) -> None:
+        documents, hypernet = state.get("documents", []), state.get("hypernet")
+        need(isinstance(documents, list) and all(isinstance(d, dict) for d in documents), "documents must be a list of objects")
+        super().check_extra_state(state)  # the routing keys
+        need(len(state.get("keys", [])) <= len(documents), "more routing keys than documents")
+        need(hypernet is None or (isinstance(hypernet, dict) and isinstance(hypernet.get("sha256"), (str, type(None)))), "hypernet must be null or {path, sha256}")
+        need(isinstance(state.get("mode", ""), str), "mode must be a string")
 
     def load_extra_state(self, state: dict) -> None:
         self.documents = list(state.get("documents", []))
