@@ -79,7 +79,7 @@ def compare(
     strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names, e.g. ttt,jitrl-mvp,ace; a variant with its own options: ttt[neurons=0,questions=0].", show_default=False)],
     general: GeneralOpt = None,
     model: ModelOpt = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="[STRATEGY.]KEY=VALUE", help="Strategy hyperparameter, for every strategy or one (ttt.epochs=5); repeatable.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="[STRATEGY.]KEY=VALUE", help="Strategy hyperparameter, for every strategy or one (ttt.epochs=5); repeatable. `clslm strategies NAME` lists them.")] = None,
     docs: DocsOpt = None,
     general_questions: GeneralQuestionsOpt = None,
     mode: ModeOpt = Mode.sequential,
