@@ -57,3 +57,19 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def fast_bfloat16(device: "torch.device") -> bool:
+    """Whether bfloat16 matrix products run natively here (faster than float32): a CUDA GPU that supports
+    them, or a CPU with AVX512-BF16 or AMX (Linux's /proc/cpuinfo flags; elsewhere assumed not)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))

@@ -85,8 +85,11 @@ class PhaseClock:
         return {k: round(v, 2) for k, v in self._seconds.items()}
 
 
-def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor]) -> float:
-    """Mean finite loss over `data`, without gradients (NaN when none is finite)."""
+def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor], at_most: int | None = None) -> float:
+    """Mean finite loss over `data` (or `at_most` of its batches, evenly spaced), without gradients (NaN when
+    none is finite)."""
+    if at_most:
+        data = data[:: max(1, math.ceil(len(data) / at_most))]
     with torch.no_grad():
         losses = [float(loss_fn(b)) for b in data]
     finite = [x for x in losses if math.isfinite(x)]

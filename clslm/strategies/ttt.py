@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..documents import Document
+from ..machine import fast_bfloat16
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from .forgetting import reported_counts, share
@@ -67,7 +68,7 @@ class TTTConfig(StrategyConfig):
     hard: float = option(0.5, "with distill: weight of the reply's next-token loss added to the KL", min=0)
     top_k: int = option(32, "with distill: teacher log-probabilities kept per reply token", min=1, max=1024)
     replies: Literal["document", "teacher", "both"] = option("both", "with distill: replies are the document's sentences, the teacher's own answers, or both")
-    precision: Literal["float32", "bfloat16"] = option("float32", "arithmetic of the training passes (bfloat16: autocast, about twice as fast where the CPU or GPU has bfloat16 matrix units; the saved deltas and answers stay as state_dtype/the model's)")
+    precision: Literal["auto", "float32", "bfloat16"] = option("auto", "arithmetic of the training passes: bfloat16 autocast (faster where the CPU or GPU multiplies bfloat16 natively; deltas and answers stay float32), float32, or auto (bfloat16 where native)")
     pack: bool = option(True, "run each training batch as one sequence: the chat header once, every example attending to it and to itself (the same loss as padded rows, about a quarter fewer tokens)")
     prefix_cache: bool = option(True, "run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)")
     beams: int = option(2, "beam width when answering a question a part's patch acts on (1: greedy; the patch's most likely recitation is often not greedy's)", min=1, max=16)
@@ -219,14 +220,14 @@ class TTT(Routed, Strategy):
             with self._only(alone):
                 loss_fn = partial(self._loss, start=self.layer_ids[0])
                 with clock("loss before/after"):
-                    before.append(mean_loss(_spread(data, REPORT_BATCHES), loss_fn))
+                    before.append(mean_loss(data, loss_fn, at_most=REPORT_BATCHES))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
                     epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
                 with clock("loss before/after"):
-                    after.append(mean_loss(_spread(data, REPORT_BATCHES), loss_fn))
+                    after.append(mean_loss(data, loss_fn, at_most=REPORT_BATCHES))
             steps, skipped = steps + n, skipped + bad
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
@@ -294,7 +295,7 @@ class TTT(Routed, Strategy):
 
     def _precision(self):
         """bfloat16 autocast for the training passes when asked (the weights and deltas stay float32)."""
-        enabled = self.config.precision == "bfloat16"
+        enabled = self.config.precision == "bfloat16" or (self.config.precision == "auto" and fast_bfloat16(self.model.device))
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def beams(self, question: str) -> int:
@@ -381,11 +382,6 @@ class TTT(Routed, Strategy):
 def _offset_step(step: Step, *, on_step: StepCallback, done: int, total: int) -> None:
     """A part's training step as a step of the whole document's learn."""
     on_step(Step(done + step.i, total, step.loss, step.phase))
-
-
-def _spread(items: list, n: int) -> list:
-    """At most n items, evenly spaced (batches are sorted by length: short and long ones both count)."""
-    return items[:: max(1, math.ceil(len(items) / n))]
 
 
 def _mean(values: list[float]) -> float:

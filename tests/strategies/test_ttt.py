@@ -25,7 +25,7 @@ OTHER = "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 
 
 def make(model_dir, **options):
     model, tokenizer, _ = load(model_dir)
-    config = TTTConfig(**{"epochs": 2, "neurons": 8, "max_tokens": 32, **options})
+    config = TTTConfig(**{"epochs": 2, "neurons": 8, "max_tokens": 32, "precision": "float32", **options})
     return TTT(model, tokenizer, config, StrategyContext("test-model", cache_dir=paths.clslm_home()))
 
 
