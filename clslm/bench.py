@@ -41,25 +41,32 @@ def no_progress(phase: str, done: int, total: int) -> None:
 
 # ---- running -----------------------------------------------------------------------------------------
 def run_reference(facts: list[FactsDoc], general: list[GeneralQuestion], settings: BenchSettings, progress: Progress = no_progress) -> Reference:
-    """Base and in-context answers to every facts question, and the general set, on the bare model."""
-    from .generation import SharedPrefix, chat_prompt, count_tokens, generate, user_message
+    """Base and in-context answers to every facts question, and the general set, on the bare model.
+
+    Greedy answers in left-padded batches (the same answers as one at a time, tests/test_batched.py); each
+    document is read once for its questions (its KV cache shared)."""
+    from .generation import SharedPrefix, chat_prompt, count_tokens, generate_batch, user_message
     from .likelihood import answer_nll
     from .models import load_model, resolve_model
 
     model, tokenizer = load_model(resolve_model(settings.model), device=settings.device, dtype=settings.dtype)
-    pairs = [(doc, qa) for doc in facts for qa in doc.qa]
-    budget = settings.max_new_tokens
 
-    readers = {doc.id: SharedPrefix(model, tokenizer, [chat_prompt(tokenizer, user_message(f"Question: {qa.question}", _reading(doc))) for qa in doc.qa]) for doc in facts}
+    def batch(questions, phase, offset=0, total=None, **kw) -> list[str]:
+        total = total or len(questions)
+        tick = lambda done: progress(phase, offset + done, total)  # noqa: E731
+        return [a.text for a in generate_batch(model, tokenizer, questions, deltas=False, progress=tick, **kw)]
 
-    def in_context(pair):
-        doc, qa = pair
-        return generate(model, tokenizer, f"Question: {qa.question}", context=_reading(doc), max_new_tokens=budget, deltas=False, shared=readers[doc.id])
-
-    base, _ = _answer_each(lambda p: generate(model, tokenizer, p[1].question, max_new_tokens=budget, deltas=False), pairs, "base", progress)
-    read, _ = _answer_each(in_context, pairs, "in context", progress)
-    general_budget = settings.general_max_new_tokens
-    before, _ = _answer_each(lambda g: generate(model, tokenizer, g.question, max_new_tokens=general_budget, deltas=False), general, "general before", progress)
+    budget, questions = settings.max_new_tokens, sum(len(doc.qa) for doc in facts)
+    progress("base", 0, questions)
+    base = batch([qa.question for doc in facts for qa in doc.qa], "base", max_new_tokens=budget)
+    read: list[str] = []
+    progress("in context", 0, questions)
+    for doc in facts:
+        asked = [f"Question: {qa.question}" for qa in doc.qa]
+        shared = SharedPrefix(model, tokenizer, [chat_prompt(tokenizer, user_message(q, _reading(doc))) for q in asked])
+        read += batch(asked, "in context", len(read), questions, contexts=[_reading(doc)] * len(asked), shared=shared, max_new_tokens=budget)
+    progress("general before", 0, len(general))
+    before = batch([g.question for g in general], "general before", max_new_tokens=settings.general_max_new_tokens)
     nll = [answer_nll(model, tokenizer, g.question, g.answers[0]) for g in general]
     return Reference(base, read, before, nll, [count_tokens(tokenizer, doc.document) for doc in facts])
 
@@ -213,8 +220,27 @@ def _answer_each(answer: Callable, items: list, phase: str, progress: Progress) 
 
 
 def _general_after(session, general, settings, phase, progress, trial: Trial) -> None:
-    trial.general, _ = _answer_each(lambda g: session.ask(g.question, max_new_tokens=settings.general_max_new_tokens), general, phase, progress)
     strategy = session.strategy()
+    trial.general = strategy_answers(strategy, [g.question for g in general], settings.general_max_new_tokens, phase, progress)
     trial.general_nll = [strategy.answer_nll(g.question, g.answers[0]) for g in general]
 
 
+def strategy_answers(strategy, questions: list[str], max_new_tokens: int, phase: str = "", progress: Progress = no_progress) -> list[str]:
+    """The strategy's answers to `questions`: those it answers plainly (Strategy.answers_plainly: nothing
+    but the routing acts on them, and it is the same for all of them) in greedy batches under that routing,
+    the others one at a time through answer()."""
+    from .generation import generate_batch
+
+    plain = [i for i, q in enumerate(questions) if strategy.answers_plainly(q)]
+    rest = sorted(set(range(len(questions))) - set(plain))
+    texts: list[str] = [""] * len(questions)
+    progress(phase, 0, len(questions))
+    if plain:
+        with strategy.routed(questions[plain[0]]):
+            answers = generate_batch(strategy.model, strategy.tokenizer, [questions[i] for i in plain], max_new_tokens=max_new_tokens, progress=lambda done: progress(phase, done, len(questions)))
+        for i, answer in zip(plain, answers):
+            texts[i] = answer.text
+    for done, i in enumerate(rest, start=len(plain) + 1):
+        texts[i] = strategy.answer(questions[i], max_new_tokens=max_new_tokens).text
+        progress(phase, done, len(questions))
+    return texts

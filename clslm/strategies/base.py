@@ -175,6 +175,12 @@ class Strategy(ABC):
         """Beam width of the strategy's answer to `question` (1: greedy; the base model always answers greedily)."""
         return 1
 
+    def answers_plainly(self, question: str) -> bool:
+        """True when answer(question) is a plain greedy generation of the question alone (no context, no
+        logits processor, one beam) by the model as routed(question) leaves it, and routed() leaves it the
+        same for every such question: the bench then answers them in one batch. Default: never claimed."""
+        return False
+
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:
         """Condition input-dependent deltas on `question` for the block (default: nothing to do).

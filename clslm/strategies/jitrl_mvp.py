@@ -140,6 +140,10 @@ class JitrlMVP(Strategy):
     def prompt_context(self, question: str) -> str:
         return self._join(self.selected(question))
 
+    def answers_plainly(self, question: str) -> bool:
+        """No chunk retrieved: no context, no bias (and no injected module: routed() does nothing here)."""
+        return not self.selected(question)
+
     def logits_processors(self, question: str) -> list:
         context = self.prompt_context(question)
         if not context or self.config.bias == 0:

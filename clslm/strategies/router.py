@@ -242,3 +242,7 @@ class Routed:
     def routed(self, question: str) -> Iterator[None]:
         with self.route_to(self.active_documents(question)):
             yield
+
+    def answers_plainly(self, question: str) -> bool:
+        """Routed to no unit (route_to([]) is one state: every unit off), with nothing in the prompt or logits."""
+        return self.active_documents(question) == [] and not self.prompt_context(question) and not self.logits_processors(question) and self.beams(question) == 1  # type: ignore[attr-defined]
