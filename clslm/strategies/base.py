@@ -258,12 +258,6 @@ class Strategy(ABC):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def describe(self) -> dict[str, Any]:
-        """A few facts for `clslm info`."""
-        return {}
-
-    def forget(self, documents: list[dict[str, Any]], position: int) -> None:
-        """Remove from this strategy's state what learning documents[position] added (`clslm forget`).
     # Checked before the load_* methods run (clslm/state_files.py): raise ValueError naming what does not fit
     # (types, bounds, indices past the model: what a load would leave to the first question that uses it).
     def check_extra_state(self, state: dict[str, Any]) -> None:
@@ -272,6 +266,12 @@ class Strategy(ABC):
     def check_state_dict(self, tensors: dict[str, Any]) -> None:
         """The saved tensors against this model (names, dtypes and shapes as the strategy puts them there)."""
 
+    def describe(self) -> dict[str, Any]:
+        """A few facts for `clslm info`."""
+        return {}
+
+    def forget(self, documents: list[dict[str, Any]], position: int) -> None:
+        """Remove from this strategy's state what learning documents[position] added (`clslm forget`).
 
         `documents` are the learn reports of every document learned so far, in learn order, as the session
         saved them (LearnReport fields; `extra` holds what the strategy reported), so a strategy can find a

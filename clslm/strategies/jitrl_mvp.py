@@ -157,10 +157,6 @@ class JitrlMVP(Strategy):
     def extra_state(self) -> dict:
         return {"chunks": self.chunks, "keys": self.router.to_json()} if self.chunks else {}
 
-    def load_extra_state(self, state: dict) -> None:
-        chunks = state.get("chunks", [])
-        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
-            raise InputError("jitrl-mvp: saved chunks are malformed")
     def check_extra_state(self, state: dict) -> None:
         chunks = state.get("chunks", [])
         need(isinstance(chunks, list), "chunks must be a list")
@@ -168,6 +164,10 @@ class JitrlMVP(Strategy):
             need(isinstance(chunk, dict) and isinstance(chunk.get("document"), str) and isinstance(chunk.get("text"), str), "a chunk needs a string document and text")
         self.router.check_saved(state)
 
+    def load_extra_state(self, state: dict) -> None:
+        chunks = state.get("chunks", [])
+        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks):
+            raise InputError("jitrl-mvp: saved chunks are malformed")
         self.chunks, self._index = list(chunks), None
         saved = state.get("keys", {})
         for name in dict.fromkeys(c["document"] for c in self.chunks):  # sessions saved before routing: rebuild
