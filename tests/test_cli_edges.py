@@ -166,7 +166,7 @@ def test_garbage_from_the_llm_server_falls_back_to_the_sentences_and_says_so(cap
     report = json.loads(out)["documents"][0]
     assert report["extra"]["bullets"] == report["extra"]["extractive"] == 3 and report["extra"]["invalid_replies"] == 2
     assert "warning: " in err and "1 of 1 chunks had no usable delta from the LLM (2 replies not usable" in err
-    assert "3 bullets were taken from the document's sentences instead" in err
+    assert "3 bullets are the document's own sentences" in err
 
 
 def test_export_force_keeps_files_a_user_added(capfd, tmp_path, llama_dir, doc_file):

@@ -55,7 +55,9 @@ def loaded(llama_dir):
 
 
 def make_ace(loaded, replies=(), **options) -> Ace:
+    """An Ace with a fake client; extract=fallback unless given (these tests are about the LLM's deltas)."""
     model, tokenizer = loaded
+    options.setdefault("extract", "fallback")
     ace = Ace(model, tokenizer, parse_options(Ace.Config, {k: str(v) for k, v in options.items()}))
     ace.client = FakeClient(replies)
     return ace
@@ -336,7 +338,7 @@ def test_a_missing_ollama_model(loaded):
 
 def test_the_playbook_round_trips_through_a_session(llama_dir, tmp_path):
     path = tmp_path / "s"
-    with Session.create(path, model=str(llama_dir), strategy="ace", device="cpu") as s:
+    with Session.create(path, model=str(llama_dir), strategy="ace", options={"extract": "fallback"}, device="cpu") as s:
         s.strategy().client = FakeClient(one_chunk(delta(("add", "", "Adelmar Fosk built the Kessenbrock Light."))))
         s.learn([Document(name="kessenbrock", text=DOCUMENT)])
         saved = s.strategy().playbook.to_json()

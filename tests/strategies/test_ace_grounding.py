@@ -68,7 +68,7 @@ def test_a_garbage_reply_yields_extractive_bullets_and_a_warning(loaded):
     report = ace.learn(Document(name="kessenbrock", text=DOCUMENT))
     assert [b["text"] for b in ace.playbook.bullets] == SENTENCES
     assert report.extra["bullets"] == report.extra["extractive"] == 3 and report.extra["invalid_replies"] == 2
-    assert "2 replies not usable" in report.extra["warning"] and "3 bullets were taken" in report.extra["warning"]
+    assert "2 replies not usable" in report.extra["warning"] and "3 bullets are the document's own sentences" in report.extra["warning"]
 
 
 def test_cli_learn_warns_on_a_garbage_reply_instead_of_saving_nothing_in_silence(capfd, llama_dir, doc_file, tmp_path):

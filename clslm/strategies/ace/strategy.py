@@ -17,6 +17,9 @@ from .grounding import extract, grounded, questions_of
 from .playbook import Playbook
 from .prompts import InvalidReply, curator_task, delta_schema, generator_task, lessons_schema, messages, parse_delta, parse_lessons, reflector_task, retry_messages
 
+SERVER_REPLY_TOKENS = 512  # reply_tokens=0: a server's model writes whole deltas
+LOCAL_REPLY_TOKENS = 64  # in-process, replies are the cost (each token is a forward pass on the CPU)
+
 
 def within_budget(bullets: list[dict[str, Any]], count, budget: int) -> list[dict[str, Any]]:
     """The leading bullets whose lines together fit in `budget` tokens (as `count` counts them)."""
@@ -167,7 +170,7 @@ def warning(stats: Counter, chunks: int) -> str:
     if not stats["fallback_chunks"]:
         return ""
     why = f"{stats['invalid_replies']} replies not usable, {stats['rejected']} bullets not found in the document"
-    return f"{stats['fallback_chunks']} of {chunks} chunks had no usable delta from the LLM ({why}); {stats['extractive']} bullets were taken from the document's sentences instead"
+    return f"{stats['fallback_chunks']} of {chunks} chunks had no usable delta from the LLM ({why}); {stats['extractive']} bullets are the document's own sentences"
 
 
 def backend_name(config: AceConfig) -> str:
@@ -181,8 +184,8 @@ def backend_name(config: AceConfig) -> str:
 def make_client(config: AceConfig, model, tokenizer) -> LLMClient:
     """llm_url → OpenAI-compatible server; llm_model alone → Ollama; neither → the session's own model."""
     if not config.llm_url and not config.llm_model:
-        return InProcessClient(model, tokenizer, max_tokens=config.reply_tokens)
-    options = dict(timeout=config.timeout, seed=config.seed, max_tokens=config.reply_tokens)
+        return InProcessClient(model, tokenizer, max_tokens=config.reply_tokens or LOCAL_REPLY_TOKENS)
+    options = dict(timeout=config.timeout, seed=config.seed, max_tokens=config.reply_tokens or SERVER_REPLY_TOKENS)
     if config.llm_url:
         return OpenAIClient(config.llm_url, config.llm_model, **options)
     return OllamaClient(config.ollama_url, config.llm_model, **options)
