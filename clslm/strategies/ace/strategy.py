@@ -11,6 +11,7 @@ from ...documents import Document, split_chunks
 from ...generation import count_tokens
 from ..base import LearnReport, Step, StepCallback, Strategy, noop
 from ..llm_client import InProcessClient, LLMClient, Messages, OllamaClient, OpenAIClient, ollama_url
+from ..router import DocumentKeys, matches_any
 from ..tfidf import rank
 from .config import AceConfig
 from .grounding import extract, grounded, questions_of
@@ -137,9 +138,25 @@ class Ace(Strategy):
 
     # ---- answering -------------------------------------------------------------------------------
     def relevant(self, question: str) -> list[dict[str, Any]]:
-        """The k bullets most similar to the question that fit in `budget` model tokens, best first."""
+        """The k bullets most similar to the question that fit in `budget` model tokens, best first; none
+        when no bullet's router match with the question reaches route_threshold (a general question)."""
+        if not self.routes(question):
+            return []
         ranked = [self.playbook.bullets[i] for i in rank([b["text"] for b in self.playbook.bullets], question)]
         return within_budget(ranked[: self.config.k], lambda text: count_tokens(self.tokenizer, text), self.config.budget)
+
+    def routes(self, question: str) -> bool:
+        """Whether the question names what some bullet is about (router.py's rarity-weighted match)."""
+        if self.config.route_threshold <= 0 or not self.playbook.bullets:
+            return bool(self.playbook.bullets)
+        texts = tuple(b["text"] for b in self.playbook.bullets)
+        if getattr(self, "_keys", (None,))[0] != texts:  # the playbook changed: new keys
+            self._keys = (texts, DocumentKeys.from_text("\n\n".join(texts)))
+        return matches_any([self._keys[1]], question, self.config.route_threshold)
+
+    def answers_plainly(self, question: str) -> bool:
+        """No bullet for the question: it is the base model's greedy answer (the bench batches those)."""
+        return not self.prompt_context(question)
 
     def prompt_context(self, question: str) -> str:
         bullets = self.relevant(question)
