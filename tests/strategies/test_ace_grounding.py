@@ -108,3 +108,12 @@ def test_extractive_pieces_fit_the_bullet_length():
 def test_the_generators_questions_are_read_from_its_drafts():
     assert questions_of("Q: When was it finished? A: unknown\nQ: Who built it?\nA: Fosk") == ["When was it finished?", "Who built it?"]
     assert questions_of("no questions here") == []
+
+
+def test_a_question_about_something_else_gets_no_bullets_even_when_it_shares_a_word(loaded):
+    """Routing (router.py): a general question sharing only a common word with a bullet is answered plainly."""
+    ace = make_ace(loaded)
+    ace.playbook.apply([{"op": "add", "id": "", "text": t} for t in SENTENCES], "ab" * 32, 0)
+    assert ace.prompt_context("How tall is the Kessenbrock Light?").startswith("Notes:\n- ")
+    assert ace.prompt_context("How tall is the tallest tower in the world?") == "" and ace.answers_plainly("How tall is the tallest tower in the world?")
+    assert make_ace(loaded, route_threshold=0).prompt_context("How tall is the tallest tower in the world?") != ""

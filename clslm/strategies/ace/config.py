@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..base import StrategyConfig, option
-from ..router import threshold_option
+
+# Above router.THRESHOLD (0.26, calibrated with general questions 1-100). Chosen on the tuning documents
+# dev-01..06 with general questions 101-200 (the ones the held-out compare does not ask): one general question
+# reaches 0.298 against their sentences; 0.30 lets 47 of the 48 document questions through and no general one.
+ROUTE_THRESHOLD = 0.30
 
 
 @dataclass
@@ -23,7 +27,7 @@ class AceConfig(StrategyConfig):
     max_ops: int = option(4, "most operations in one delta", min=1)
     k: int = option(2, "bullets retrieved per question (and shown to the roles per chunk)", min=1)
     budget: int = option(192, "most tokens of bullets above a question", min=1)
-    route_threshold: float = threshold_option("a question gets bullets only when its router match (router.py) with one reaches this (0: always)")
+    route_threshold: float = option(ROUTE_THRESHOLD, "a question gets bullets only when its router match (router.py) with one reaches this (0: always)", min=0, max=1)
     llm_budget: int = option(1024, "most tokens of bullets shown to the roles per chunk (backend's count)", min=1)
     reply_tokens: int = option(0, "longest reply of a role, in tokens (0: 512 from a server, 64 in-process)", min=0)
     grounding: float = option(0.75, "least share of a bullet's content words found in its chunk (its names and numbers: all)", min=0, max=1)
