@@ -112,8 +112,10 @@ def test_the_generators_questions_are_read_from_its_drafts():
 
 def test_a_question_about_something_else_gets_no_bullets_even_when_it_shares_a_word(loaded):
     """Routing (router.py): a general question sharing only a common word with a bullet is answered plainly."""
-    ace = make_ace(loaded)
-    ace.playbook.apply([{"op": "add", "id": "", "text": t} for t in SENTENCES], "ab" * 32, 0)
-    assert ace.prompt_context("How tall is the Kessenbrock Light?").startswith("Notes:\n- ")
-    assert ace.prompt_context("How tall is the tallest tower in the world?") == "" and ace.answers_plainly("How tall is the tallest tower in the world?")
-    assert make_ace(loaded, route_threshold=0).prompt_context("How tall is the tallest tower in the world?") != ""
+    general = "How tall is the tallest tower in the world?"
+    routed, unrouted = make_ace(loaded), make_ace(loaded, route_threshold=0)
+    for ace in (routed, unrouted):
+        ace.playbook.apply([{"op": "add", "id": "", "text": t} for t in SENTENCES], "ab" * 32, 0)
+    assert routed.prompt_context("How tall is the Kessenbrock Light?").startswith("Notes:\n- ")
+    assert routed.prompt_context(general) == "" and routed.answers_plainly(general)
+    assert unrouted.prompt_context(general).startswith("Notes:\n- Its granite tower")

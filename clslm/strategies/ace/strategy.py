@@ -11,7 +11,7 @@ from ...documents import Document, split_chunks
 from ...generation import count_tokens
 from ..base import LearnReport, Step, StepCallback, Strategy, noop
 from ..llm_client import InProcessClient, LLMClient, Messages, OllamaClient, OpenAIClient, ollama_url
-from ..router import DocumentKeys, matches_any
+from ..router import Router
 from ..tfidf import rank
 from .config import AceConfig
 from .grounding import extract, grounded, questions_of
@@ -145,14 +145,19 @@ class Ace(Strategy):
         ranked = [self.playbook.bullets[i] for i in rank([b["text"] for b in self.playbook.bullets], question)]
         return within_budget(ranked[: self.config.k], lambda text: count_tokens(self.tokenizer, text), self.config.budget)
 
+    @property
+    def router(self) -> Router:
+        """The playbook's routing keys (router.py), one unit for all bullets; rebuilt when the bullets change."""
+        texts = tuple(b["text"] for b in self.playbook.bullets)
+        if getattr(self, "_routed_texts", None) != texts:
+            self._router, self._routed_texts = Router(self.config), texts
+            if texts:
+                self._router.add("\n\n".join(texts))
+        return self._router
+
     def routes(self, question: str) -> bool:
         """Whether the question names what some bullet is about (router.py's rarity-weighted match)."""
-        if self.config.route_threshold <= 0 or not self.playbook.bullets:
-            return bool(self.playbook.bullets)
-        texts = tuple(b["text"] for b in self.playbook.bullets)
-        if getattr(self, "_keys", (None,))[0] != texts:  # the playbook changed: new keys
-            self._keys = (texts, DocumentKeys.from_text("\n\n".join(texts)))
-        return matches_any([self._keys[1]], question, self.config.route_threshold)
+        return bool(self.playbook.bullets) and self.router.matches(question)
 
     def answers_plainly(self, question: str) -> bool:
         """No bullet for the question: it is the base model's greedy answer (the bench batches those)."""
