@@ -150,7 +150,7 @@ LOAD_ERRORS = (ClslmError, KeyError, ValueError, TypeError, IndexError, Attribut
 def load_extra_into(strategy, state: dict[str, Any], where: Path) -> None:
     """Let the strategy check the JSON state's layout (Strategy.check_extra_state), then load it."""
     try:
-        _PENDING.get(strategy.name, strategy.check_extra_state)(state)
+        strategy.check_extra_state(state)
         strategy.load_extra_state(state)
     except LOAD_ERRORS as e:
         raise SessionCorrupt(f"{where}: state does not fit {strategy.name!r} ({_one_line(e)})") from None
@@ -204,16 +204,3 @@ def is_int(x: Any) -> bool:
 
 def is_number(x: Any) -> bool:
     return is_int(x) or (isinstance(x, float) and math.isfinite(x))
-
-
-def _ace_extra(state: dict[str, Any]) -> None:
-    playbook = state.get("playbook")
-    need(isinstance(playbook, dict) and isinstance(playbook.get("bullets"), list) and is_int(playbook.get("next_id")), "the playbook needs bullets and a whole next_id")
-    for b in playbook["bullets"]:
-        ok = isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("id", "text", "doc")) and is_int(b.get("chunk"))
-        need(ok, "a playbook bullet needs string id, text and doc and a whole chunk")
-
-
-# Until ace/strategy.py has its own check_extra_state (handed over under issue 20: ace/ is being changed
-# under issue 24), its playbook's check stays here; then this goes, and state_files names no strategy.
-_PENDING = {"ace": _ace_extra}

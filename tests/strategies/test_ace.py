@@ -350,11 +350,13 @@ def test_the_playbook_round_trips_through_a_session(llama_dir, tmp_path):
     assert (again.prompt, again.text, again.context_tokens) == (answer.prompt, answer.text, answer.context_tokens) and again.context_tokens > 0
 
 
-def test_a_corrupt_saved_playbook_is_a_session_error(loaded):
-    from clslm.errors import SessionCorrupt
-
-    with pytest.raises(SessionCorrupt):
-        make_ace(loaded).load_extra_state({"playbook": {"bullets": [{"text": "no id"}], "next_id": 2}})
+def test_a_corrupt_saved_playbook_is_refused(loaded):
+    """A ValueError naming what is wrong (the session turns it into SessionCorrupt naming the file)."""
+    for bad in ({"bullets": [{"text": "no id"}], "next_id": 2}, {"bullets": [], "next_id": True}, None):
+        with pytest.raises(ValueError, match="playbook"):
+            make_ace(loaded).check_extra_state({"playbook": bad})
+        with pytest.raises(ValueError, match="playbook"):
+            make_ace(loaded).load_extra_state({"playbook": bad})
 
 
 def test_cli_learn_and_ask_through_ollama(capfd, llama_dir, doc_file, tmp_path):

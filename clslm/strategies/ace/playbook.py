@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import SessionCorrupt
+from ...state_files import is_int, need
 
 
 def clean(text: str) -> str:
@@ -35,13 +35,17 @@ class Playbook:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    @staticmethod
+    def check(data: Any) -> None:
+        """A saved playbook's layout (ValueError: the session names the file): bullets {id, text, doc, chunk}, next_id."""
+        need(isinstance(data, dict) and isinstance(data.get("bullets"), list) and is_int(data.get("next_id")), "the playbook needs bullets and a whole next_id")
+        for b in data["bullets"]:
+            ok = isinstance(b, dict) and set(b) == {"id", "text", "doc", "chunk"} and all(isinstance(b[k], str) for k in ("id", "text", "doc")) and is_int(b["chunk"])
+            need(ok, "a playbook bullet needs string id, text and doc and a whole chunk")
+
     @classmethod
     def from_dict(cls, data: Any, max_bullets: int, max_chars: int) -> "Playbook":
-        keys = {"id", "text", "doc", "chunk"}
-        if not (isinstance(data, dict) and isinstance(data.get("bullets"), list) and isinstance(data.get("next_id"), int)):
-            raise SessionCorrupt("ace: saved playbook is malformed")
-        if not all(isinstance(b, dict) and set(b) == keys for b in data["bullets"]):
-            raise SessionCorrupt("ace: saved playbook has a malformed bullet")
+        cls.check(data)
         return cls(max_bullets, max_chars, [dict(b) for b in data["bullets"]], data["next_id"])
 
     def get(self, bullet_id: str) -> dict[str, Any] | None:

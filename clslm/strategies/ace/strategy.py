@@ -171,6 +171,9 @@ class Ace(Strategy):
     def extra_state(self) -> dict[str, Any]:
         return {"playbook": self.playbook.to_dict()}
 
+    def check_extra_state(self, state: dict[str, Any]) -> None:
+        Playbook.check(state.get("playbook"))
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.playbook = Playbook.from_dict(state.get("playbook"), self.config.max_bullets, self.config.max_bullet_chars)
 
