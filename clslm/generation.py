@@ -11,6 +11,8 @@ from dataclasses import dataclass
 # How a document is put in front of the model to be read (the bench's in-context setting, and the
 # teacher of context distillation): this line, the document, then "Question: …".
 READ_INSTRUCTION = "Read this document and answer the question."
+# model.generate settings of a deterministic answer (the model's own sampling defaults switched off)
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 
 @dataclass
@@ -69,11 +71,8 @@ def generate(
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             num_beams=beams,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            **GREEDY,
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList(list(logits_processors)),
             **(shared.cache_for(inputs["input_ids"][0].tolist()) if shared is not None else {}),
@@ -187,11 +186,8 @@ def _greedy_rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, s
             input_ids=input_ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            **GREEDY,
             pad_token_id=pad,
             **(shared.batch_cache(len(rows)) if prefix else {}),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,17 @@ def machine_info(device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
+    return _cpuinfo("model name").strip() or platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in Linux's /proc/cpuinfo ('' elsewhere or when absent)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return ""
+    return next((line.split(":", 1)[1] for line in lines if line.startswith(field) and ":" in line), "")
 
 
 def fast_bfloat16(device: "torch.device") -> bool:
@@ -68,8 +73,4 @@ def fast_bfloat16(device: "torch.device") -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo("flags").split()))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..documents import Document
+from ..generation import sliding_window
 from ..machine import fast_bfloat16
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
@@ -253,7 +254,8 @@ class TTT(Routed, Strategy):
             examples = self._distilled(part, [e for e in examples if e.user and e.reply], clock)
         data = batches(examples, c.batch_size, self.tokenizer.pad_token_id)
         if c.pack:
-            data = [pack(b, getattr(self.model.config, "sliding_window", None)) for b in data]
+            window = getattr(self.model.config, "sliding_window", None) if sliding_window(self.model) else None
+            data = [pack(b, window) for b in data]
         data = [{k: v.to(self.model.device) for k, v in b.items()} for b in data]
         with clock("frozen layers"), self._precision():
             for b in data:
