@@ -75,6 +75,19 @@ def test_round_trip(learned_session, llama_dir):
         assert "state" in s.info()["strategy"]
 
 
+def test_int8_deltas_round_trip_through_the_session_files(tmp_path, llama_dir):
+    path = tmp_path / "int8"
+    with Session.create(path, model=str(llama_dir), strategy="ttt", options={**fast_options("ttt"), "state_dtype": "int8"}, device="cpu") as s:
+        s.learn([Document(name="kessenbrock", text=DOCUMENT)])
+        live = s.ask(QUESTION, max_new_tokens=4).text
+    with Session.open(path, device="cpu") as s:
+        assert s.ask(QUESTION, max_new_tokens=4).text == live
+    from safetensors.torch import load_file
+
+    saved = load_file(state_file(path))
+    assert {v.dtype for k, v in saved.items() if k.endswith(".down")} == {torch.int8}
+
+
 def test_state_is_the_learned_part_not_a_model_copy(learned_session, llama_dir):
     model_bytes = sum(p.stat().st_size for p in llama_dir.glob("*.safetensors"))
     assert 0 < state_file(learned_session).stat().st_size < model_bytes / 4

@@ -249,7 +249,11 @@ class Strategy(ABC):
         if set(tensors) != expected:
             missing, unexpected = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
             raise InputError(f"{self.name}: saved state does not fit the model (missing {missing}, unexpected {unexpected})")
-        self.model.load_state_dict(tensors, strict=False)
+        self.model.load_state_dict(self.loadable(tensors), strict=False)
+
+    def loadable(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """The saved tensors as the model's parameters hold them (a strategy that stores them otherwise converts)."""
+        return tensors
 
     def extra_state(self) -> dict[str, Any]:
         """JSON-serialisable state (documents seen, playbooks, ...)."""

@@ -38,7 +38,7 @@ from .gating import cached_idf, neuron_activations, select_neurons
 from .context_distillation import answer, teach
 from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections
 from .training import PhaseClock, descend, mean_loss
-from .ttt_state import check_patches
+from .ttt_state import as_stored, check_patches, from_saved, neuron_axis, to_saved
 
 PREFIX = "ttt_"
 REPORT_BATCHES = 4  # batches the reported loss before/after is measured on (all of them cost a tenth of a learn)
@@ -64,7 +64,7 @@ class TTTConfig(StrategyConfig):
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm")
     route_threshold: float = threshold_option("a document's copy acts only on questions whose router match (router.py) reaches this (0: always)")
     route_top: int = top_option(1, 1, "at most this many best-matching documents act at once")
-    state_dtype: Literal["float16", "float32"] = option("float16", "how the copies' deltas are stored (float16 halves the state)")
+    state_dtype: Literal["int8", "float16", "float32"] = option("float16", "how the copies' deltas are stored (float16 halves the state; int8, with a scale per neuron, quarters it)")
     objective: Literal["next-token", "distill"] = option("next-token", "predict the reply text, or also match the model reading the part (context distillation)")
     hard: float = option(0.5, "with distill: weight of the reply's next-token loss added to the KL", min=0)
     top_k: int = option(32, "with distill: teacher log-probabilities kept per reply token", min=1, max=1024)
@@ -283,10 +283,10 @@ class TTT(Routed, Strategy):
 
     def _round_to_state_dtype(self, patches: list[NeuronPatch]) -> None:
         """Round the deltas as they will be saved, so answers are the same before and after a reload."""
-        dtype = getattr(torch, self.config.state_dtype)
         with torch.no_grad():
-            for p in (p for patch in patches for p in patch.parameters()):
-                p.copy_(p.to(dtype))
+            for patch in patches:
+                for part, p in patch.named_parameters():
+                    p.copy_(as_stored(p, self.config.state_dtype, neuron_axis(part)))
 
     def _loss(self, batch: dict, start: int) -> torch.Tensor:
         with self._precision():
@@ -336,10 +336,10 @@ class TTT(Routed, Strategy):
         self.router.load(state.get("keys", []))
 
     check_state_dict = check_patches  # the saved patches against this model, before load_state_dict
+    loadable = staticmethod(from_saved)  # int8 deltas back to float32
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        dtype = getattr(torch, self.config.state_dtype)
-        return {k: v.to(dtype) if k.rsplit(".", 1)[1] in ("gate", "up", "down") else v for k, v in super().state_dict().items()}
+        return to_saved(super().state_dict(), self.config.state_dtype)
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Recreate each saved patch (its shape comes from the tensors), then load strictly."""

@@ -32,8 +32,17 @@ def make(model_dir, **options):
 # ---- training text -------------------------------------------------------------------------------
 
 
-def test_subject_is_the_most_frequent_proper_name():
+def test_subject_is_the_name_the_document_opens_with():
     assert subject(DOCUMENT) == "the Kessenbrock Light"
+    tool = "bramblesync mirrors a folder. It splits files into 768 KiB chunks. The KiB limit is fixed. bramblesync retries 11 times."
+    assert subject(tool) == "bramblesync"  # a rare lower-case word; not the recurring unit
+    person = "Elowen Strathcarrow (1852–1926) was a botanist. She surveyed the Brenvald Range. The Brenvald Range is high; the Brenvald Range is cold."
+    assert subject(person) == "Elowen Strathcarrow"  # not the place named most often, so 'She' stays hers
+    story = "Every winter evening, Oswin Marrable climbed the stair. The clock was old. Marrable wound it."
+    assert subject(story) == "Oswin Marrable"  # named early and again
+    assert subject("PRELLWICK — The Prellwick council voted. Prellwick will build a bridge.") == "Prellwick"
+    assert subject("## Keldrunite\n\nKeldrunite is a mineral. It is green.") == "Keldrunite"  # headings are not sentences
+    assert subject("some words with no names at all.") == "the document"
 
 
 def test_pronouns_at_sentence_start_become_the_subject():
@@ -182,6 +191,31 @@ def test_deltas_are_stored_in_float16_and_answer_the_same_after_a_reload(llama_d
     wide = make(llama_dir, neurons=0, state_dtype="float32")
     wide.learn(Document("kessenbrock", DOCUMENT))
     assert sum(v.numel() * v.element_size() for v in wide.state_dict().values()) > 1.9 * sum(v.numel() * v.element_size() for v in state.values())
+
+
+def test_int8_deltas_keep_a_scale_per_neuron_and_answer_the_same_after_a_reload(llama_dir):
+    strategy = make(llama_dir, neurons=0, state_dtype="int8")
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    state = strategy.state_dict()
+    deltas = {k: v for k, v in state.items() if k.endswith((".gate", ".up", ".down"))}
+    assert {v.dtype for v in deltas.values()} == {torch.int8}
+    k = state[next(key for key in state if key.endswith(".index"))].numel()
+    assert {tuple(v.shape) for key, v in state.items() if key.endswith("_scale")} == {(k,)}
+    strategy.check_state_dict(state)  # the session's check accepts the layout it saves
+    fresh = make(llama_dir, neurons=0, state_dtype="int8")
+    fresh.load_state_dict(state)
+    fresh.load_extra_state(strategy.extra_state())
+    ids = torch.tensor([[1, 5, 9, 14]])
+    assert torch.equal(fresh.model(input_ids=ids).logits, strategy.model(input_ids=ids).logits)
+    assert torch.equal(fresh.state_dict()[next(iter(deltas))], next(iter(deltas.values())))  # saving again changes nothing
+    half = make(llama_dir, neurons=0)
+    half.learn(Document("kessenbrock", DOCUMENT))
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    assert size < 0.6 * sum(v.numel() * v.element_size() for v in half.state_dict().values())
+    bad = dict(state)
+    bad.pop(next(key for key in state if key.endswith(".down_scale")))
+    with pytest.raises(ValueError, match="down_scale is missing"):
+        strategy.check_state_dict(bad)
 
 
 # ---- v2: context distillation, parts of long documents ---------------------------------------------
