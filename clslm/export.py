@@ -47,12 +47,14 @@ class ExportReport:
     rank: int | None = None  # peft: the LoRA rank
     layers: list[dict[str, Any]] = field(default_factory=list)  # peft: relative error per module
     base_model: str | None = None  # peft: the base model the adapter is for
+    holds: str | None = None  # weights of a strategy with per-document adapters: the session's, or one document's (--document)
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
 
-def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False) -> ExportReport:
-    """Write what `session` learned to the directory `out` (see the module docstring for the formats)."""
+def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False, document: str | None = None) -> ExportReport:
+    """Write what `session` learned to the directory `out` (see the module docstring for the formats);
+    `document` (a name or hash) exports that document's own adapter, where the strategy keeps one."""
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     if rank < 1:
@@ -63,6 +65,7 @@ def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, 
     report = ExportReport(str(out), format, session.strategy_name, session.model_ref, len(session.documents))
     report.format = _effective_format(strategy, format, report.notes)
     if report.format != "context":
+        report.holds = _scope(session, strategy, document)
         report.notes += strategy.export_notes()
     with staging(out) as tmp:
         if report.format == "context":
@@ -75,6 +78,19 @@ def export(session, out: str | Path, *, format: str = "merged", rank: int = 16, 
         marker = asdict(report) | {"clslm_version": __version__, "session": str(session.path)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
+
+
+def _scope(session, strategy: Strategy, document: str | None) -> str | None:
+    """What the exported weights hold, for strategies that keep each document's own adapter (export_scope);
+    with `document`, that document's adapter is put in place first."""
+    from .session_documents import find
+
+    scope = getattr(strategy, "export_scope", None)
+    if scope is None:
+        if document is not None:
+            raise InputError(f"--document: {strategy.name} keeps no adapter per document; it exports what the whole session learned")
+        return None
+    return scope(None if document is None else find(session.documents, document)[-1])
 
 
 def _effective_format(strategy: Strategy, format: str, notes: list[str]) -> str:

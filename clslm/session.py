@@ -325,13 +325,13 @@ class Session:
             self.set_options(options)
         self._commit()
 
-    def export(self, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False):
+    def export(self, out: str | Path, *, format: str = "merged", rank: int = 16, force: bool = False, document: str | None = None):
         """Write what was learned for use outside clslm: merged weights, a peft adapter or context files
         (docs/export.md); returns an ExportReport. The session itself is not changed."""
         from .export import export
 
         try:
-            return export(self, out, format=format, rank=rank, force=force)
+            return export(self, out, format=format, rank=rank, force=force, document=document)
         finally:
             self._strategy = None  # folding rewires the loaded model: the next use loads it afresh
 

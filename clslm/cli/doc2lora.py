@@ -25,7 +25,7 @@ def _opt(help: str, **kw):
 def train(
     *,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for hypernet.safetensors, checkpoint.safetensors, curve.json/csv.")] = Path("doc2lora-hypernet"),
-    data: Annotated[Optional[Path], _opt("Training documents, JSONL in the bench facts format (id, title, document, qa); default: invented documents.", show_default=False)] = None,
+    data: Annotated[Optional[Path], _opt("Training documents: JSONL in the bench facts format (id, title, document, qa), a plain text file (.txt, .md: cut at blank lines, questions made from its sentences) or a folder of them; default: invented documents.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="CLSLM_MODEL", help="Model the hypernetwork is for: smollm2-135m (default), a .gguf file, a local HF directory or a hub id.", show_default=False)] = None,
     steps: Annotated[int, _opt("Training documents (one optimizer step each).", min=1)] = 1000,
     resume: Annotated[bool, _opt("Continue from OUT/checkpoint.safetensors if it is there.")] = False,

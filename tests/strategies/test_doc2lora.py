@@ -48,8 +48,10 @@ def hypernet_file(llama_dir, tmp_path_factory) -> Path:
 
 
 def strategy(model_dir, **options) -> Doc2LoRA:
+    """doc2lora in the mode these tests are about unless told: the hypernetwork's one pass (amortized; refined
+    mode, the default, is tested in test_doc2lora_refined.py)."""
     model, tokenizer, source = load(model_dir)
-    return Doc2LoRA(model, tokenizer, Doc2LoRAConfig(**options), StrategyContext(source.fingerprint))
+    return Doc2LoRA(model, tokenizer, Doc2LoRAConfig(**({"mode": "amortized"} | options)), StrategyContext(source.fingerprint))
 
 
 def logits(model, tokenizer, text: str = DOCUMENT) -> torch.Tensor:
@@ -100,7 +102,7 @@ def test_a_question_answers_through_its_own_documents_lora(llama_dir, hypernet_f
         assert torch.equal(logits(everything.model, tokenizer, question), session_logits)
     # The per-document LoRAs survive a session round trip.
     path = tmp_path / "session"
-    with Session.create(path, model=str(llama_dir), strategy="doc2lora", options={"hypernet": str(hypernet_file)}, device="cpu") as session:
+    with Session.create(path, model=str(llama_dir), strategy="doc2lora", options={"hypernet": str(hypernet_file), "mode": "amortized"}, device="cpu") as session:
         session.learn([Document("one", DOCUMENT), Document("two", SECOND)])
     with Session.open(path, device="cpu") as session:
         reopened = session.strategy()
@@ -162,7 +164,7 @@ def test_beyond_max_rank_the_sum_is_its_best_low_rank_approximation():
 
 def test_session_round_trip_and_info_name_the_hypernetwork(llama_dir, hypernet_file, tmp_path):
     path = tmp_path / "session"
-    options = {"hypernet": str(hypernet_file)}
+    options = {"hypernet": str(hypernet_file), "mode": "amortized"}
     with Session.create(path, model=str(llama_dir), strategy="doc2lora", options=options, device="cpu") as session:
         session.learn([Document("kessenbrock", DOCUMENT)])
         saved = logits(session.strategy().model, session.strategy().tokenizer)
@@ -375,12 +377,12 @@ def test_cli_trains_then_learns_and_asks_with_the_hypernetwork(capfd, llama_dir,
     code, stdout, err = cli(capfd, "learn", doc, "-s", session, "--model", llama_dir, "--strategy", "doc2lora", "-o", hypernet, "--device", "cpu", "--json")
     assert code == 0, err
     learned = json.loads(stdout)["documents"][0]
-    assert learned["extra"]["mode"] == "hypernetwork" and learned["extra"]["rank"] == 2
+    assert learned["extra"]["mode"].startswith("refined: the hypernetwork's LoRA") and learned["extra"]["rank"] == 2 and learned["extra"]["steps"] > 0
     code, stdout, err = cli(capfd, "ask", "Who built it?", "-s", session, "--device", "cpu", "--json", "--max-new-tokens", "3")
     assert code == 0, err
     assert json.loads(stdout)["context_tokens"] == 0
     code, stdout, _ = cli(capfd, "info", "-s", session)
-    assert "mode=hypernet" in stdout
+    assert "mode=refined" in stdout
 
 
 def test_cli_refuses_the_default_hypernetwork_for_another_model(capfd, llama_dir, tmp_path):

@@ -39,6 +39,7 @@ from ..router import Routed, Router, threshold_option, top_option
 from . import lora
 from .hypernet import read_config
 from .reading import chunks, ids, read_chunks, reader_prefix
+from .refine import Refinement, refine
 from .simulated import simulate
 
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "data" / "doc2lora-smollm2-135m.safetensors"
@@ -51,7 +52,7 @@ SAVED_KEY = re.compile(r"^(?:documents\.(\d{1,6})\.)?base_model\.model\.(.+)\.lo
 class Doc2LoRAConfig(StrategyConfig):
     """doc2lora options (-o KEY=VALUE)."""
 
-    mode: Literal["hypernet", "simulated"] = option("hypernet", "hypernet: one forward of a trained hypernetwork per chunk; simulated: gradient context distillation")
+    mode: Literal["refined", "amortized", "hypernet", "simulated"] = option("refined", "refined: the hypernetwork's LoRA, then a few gradient steps on the document (refine.py); amortized (or hypernet): one forward of the hypernetwork per chunk, nothing else; simulated: gradient context distillation from zero")
     hypernet: str | None = option(None, "checkpoint path; default: the bundled one (default model only)")
     chunk_tokens: int = option(0, "longest chunk read at once (0: the hypernetwork's own; 256 when simulated)", min=0)
     combine: Literal["mean", "concat"] = option("mean", "a document's chunk LoRAs: averaged, or summed (stacked)")
@@ -61,6 +62,19 @@ class Doc2LoRAConfig(StrategyConfig):
     route_threshold: float = threshold_option("the LoRA acts only on questions whose router match (router.py) with a document reaches this (0: always)")
     route_top: int = top_option(1, 0, "a question answers through its best-matching documents' own LoRAs, at most this many (0: the session's LoRA)")
     doc_rank: int = option(16, "each document's own LoRA is kept at this rank at most (truncated SVD)", min=1)
+    # refined mode only (refine.py)
+    objective: Literal["next-token", "distill"] = option("next-token", "refined: predict the textbook's replies, or match the model reading the document on them (+ hard x next-token)")
+    epochs: int = option(2, "refined: passes over the document's textbook (ttt's chat turns)", min=0)
+    refine_lr: float = option(2e-3, "refined: AdamW learning rate on the LoRA factors", above=0, max=1)
+    refine_layers: float = option(0.125, "refined: share of the last decoder layers whose LoRA is trained (the others keep the hypernetwork's)", above=0, max=1)
+    batch_size: int = option(8, "refined: examples per step", min=1)
+    max_tokens: int = option(96, "refined: longest document piece in one example", min=8)
+    questions: int = option(2, "refined: question/cue prompts per sentence", min=0)
+    hard: float = option(0.5, "refined, distill: weight of the next-token loss added to the KL", min=0)
+    top_k: int = option(32, "refined, distill: teacher log-probabilities kept per reply token", min=1, max=1024)
+    precision: Literal["auto", "float32", "bfloat16"] = option("auto", "refined: bfloat16 autocast for the steps (auto: where native)")
+    beams: int = option(0, "beam width of answers a document's LoRA acts on (0: 2 in refined mode, else 1 = greedy)", min=0, max=16)
+    init: Literal["hypernet", "zero"] = option("hypernet", "refined: start from the hypernetwork's LoRA, or from peft's zero LoRA of the same rank (the reference it is measured against)")
     # simulated mode only (a hypernetwork brings its own rank, targets and layers)
     rank: int = option(8, "simulated: LoRA rank", min=1)
     targets: str = option("down_proj", "simulated: comma-separated module names inside a decoder layer")
@@ -88,7 +102,7 @@ class Doc2LoRA(Routed, Strategy):
 
     def attach(self) -> None:
         config = self.config
-        if config.mode == "hypernet":
+        if config.mode != "simulated":
             self.hypernet_path = self._hypernet_path()
             self.net_config = read_config(self.hypernet_path)
             layers, targets = self.net_config.layers, self.net_config.targets
@@ -144,11 +158,16 @@ class Doc2LoRA(Routed, Strategy):
         start = time.perf_counter()
         tokenizer, prefix = self.tokenizer, reader_prefix(self.tokenizer)
         with self.model.disable_adapter():  # read and distil with the base model, not the documents so far
-            if self.config.mode == "hypernet":
+            if self.config.mode != "simulated":
                 (factors, n_chunks), losses = self._from_hypernet(prefix, document, on_step), (None, None)
             else:
                 (factors, losses), n_chunks = self._simulate(prefix, document, on_step), 1
         factors = {k: (a, b * self.config.scale) for k, (a, b) in factors.items()}
+        refined = None
+        if self.config.mode == "refined":
+            with self.model.disable_adapter():  # the steps see the base model and this document's LoRA only
+                refined = refine(self.model, tokenizer, document, lora.cap(factors, self.config.doc_rank), self.refinement, on_step)
+            factors, losses = refined.factors, (refined.before, refined.after)
         if len(self.doc_factors) == len(self.documents):
             self.doc_factors.append(lora.cap(factors, self.config.doc_rank))
         self.factors = lora.cap(self._accumulate(factors), self.config.max_rank)
@@ -156,6 +175,8 @@ class Doc2LoRA(Routed, Strategy):
         self.documents.append({"name": document.name, "sha256": document.sha256, "rank": lora.rank(factors), "chunks": n_chunks})
         self.router.add(document.text)
         extra = {"mode": self.mode_label, "chunks": n_chunks, "rank": lora.rank(factors), "session_rank": lora.rank(self.factors)}
+        if refined is not None:
+            extra |= {"steps": refined.steps, "phase_seconds": refined.phase_seconds}
         tokens = len(ids(tokenizer, document.text))
         return LearnReport(document.name, document.sha256, tokens, losses[0], losses[1], round(time.perf_counter() - start, 3), extra)
 
@@ -191,10 +212,29 @@ class Doc2LoRA(Routed, Strategy):
         return factors, (round(before, 6), round(after, 6))
 
     @property
+    def refinement(self) -> Refinement:
+        c = self.config
+        layers = [i for i in last_layers(lora.unwrap(self.model), c.refine_layers) if i in self.layers] or self.layers[-1:]
+        return Refinement(
+            layers, c.objective, c.epochs, c.refine_lr, c.batch_size, c.max_tokens, c.questions, c.hard, c.top_k,
+            c.precision, c.init, c.seed + len(self.documents),
+        )  # fmt: skip
+
+    @property
     def mode_label(self) -> str:
-        return "hypernetwork" if self.config.mode == "hypernet" else SIMULATED_LABEL
+        c = self.config
+        if c.mode == "refined":
+            start = "the hypernetwork's LoRA" if c.init == "hypernet" else "a zero LoRA"
+            return f"refined: {start} + {c.epochs} epoch(s) of {c.objective} steps on the last {len(self.refinement.layers)} layers"
+        return SIMULATED_LABEL if c.mode == "simulated" else "hypernetwork"
 
     # ---- routing, switching off, state -------------------------------------------------------------
+    def beams(self, question: str) -> int:
+        """`beams` where a document's LoRA acts; greedy where none does (the base model answers there)."""
+        if not self.active_documents(question):
+            return 1
+        return self.config.beams or (2 if self.config.mode == "refined" else 1)
+
     def matches(self, question: str) -> bool:
         """Whether the question is about a learned document (sessions saved without keys: always)."""
         return bool(self.active_documents(question))
@@ -308,8 +348,25 @@ class Doc2LoRA(Routed, Strategy):
         self.factors = self._session_of(self.doc_factors) if self.doc_factors else {}
         lora.install(self.model, self.factors or lora.zeros(lora.unwrap(self.model), self.names))
 
+    def export_scope(self, document: int | None) -> str:
+        """What an export holds: the session's LoRA, or (document: its position) that document's own, put in
+        place of the session's (the strategy is not used after an export)."""
+        n = len(self.documents)
+        if document is None:
+            self._exported = None
+            return f"session: the {self.config.accumulate} of all {n} document(s)' LoRAs (rank {lora.rank(self.factors)})"
+        if len(self.doc_factors) < n:
+            raise InputError("doc2lora: this session was learned before clslm kept each document's own LoRA; export the session's")
+        self._exported = document
+        lora.install(self.model, self.doc_factors[document])
+        name = self.documents[document]["name"]
+        return f"document {name} ({document + 1} of {n}): its own LoRA (rank {lora.rank(self.doc_factors[document])}), as `clslm ask` answers a question routed to it"
+
     def export_notes(self) -> list[str]:
         c, n = self.config, len(self.documents)
+        if getattr(self, "_exported", None) is not None:
+            on = f"on questions routed to it (route_threshold={c.route_threshold})" if c.route_threshold > 0 else "on every question"
+            return [f"clslm uses this document's LoRA only {on}; the export holds it alone, always on"]
         routed = [f"only on questions that match a document (route_threshold={c.route_threshold})"] if c.route_threshold > 0 else []
         if n > 1 and c.route_top and c.route_top < n:
             routed.append(f"through the LoRAs of the {c.route_top} best-matching document(s) (route_top={c.route_top})")

@@ -24,6 +24,7 @@ import torch
 from ...benchdata import FactsDoc, load_facts
 from ...errors import InputError
 from .checkpoint import load_checkpoint, save_checkpoint
+from .corpus import load_corpus
 from .distill import Targets, kl_loss, question_probe, teach
 from .hypernet import Hypernet, HypernetConfig, save_hypernet
 from .lora import Factors, applied, concat, mean, module_names
@@ -36,7 +37,7 @@ VALIDATION_SEED_OFFSET = 1_000_003  # validation documents come from another str
 @dataclass
 class TrainSettings:
     steps: int = 1000  # documents to train on (one optimizer step each)
-    data: str | None = None  # JSONL in the bench facts format; None: invented documents
+    data: str | None = None  # JSONL in the bench facts format, plain text, or a folder of them (corpus.py); None: invented documents
     seed: int = 0
     val_docs: int = 24
     eval_every: int = 100
@@ -86,7 +87,7 @@ def load_data(settings: TrainSettings) -> tuple[Callable[[int], FactsDoc], list[
     if settings.data is None:
         val = [synthetic_doc(settings.seed + VALIDATION_SEED_OFFSET, i) for i in range(settings.val_docs)]
         return (lambda i: synthetic_doc(settings.seed, i)), val, f"invented documents (clslm.strategies.doc2lora.synthetic, seed {settings.seed}; validation seed {settings.seed + VALIDATION_SEED_OFFSET})"
-    docs = load_facts(settings.data)
+    docs = load_corpus(settings.data)
     _refuse_bench_documents(docs, settings.data)
     if len(docs) <= settings.val_docs:
         raise InputError(f"{settings.data}: {len(docs)} documents; need more than --val-docs {settings.val_docs}")
