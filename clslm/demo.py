@@ -20,6 +20,7 @@ from rich.table import Table
 from .scoring import contains_answer
 
 SESSION = Path("sessions") / "demo"
+MAX_NEW_TOKENS = "40"  # as `clslm bench` answers: one sentence, and a runaway recitation stops sooner
 
 
 def clslm(*args: str) -> dict:
@@ -43,7 +44,7 @@ def main() -> None:
     table = Table("question", "base model", "after learning", "prompt tokens", show_lines=True)
     right = {"base": 0, "learned": 0}
     for qa in questions:
-        answer = clslm("ask", qa["question"], "--compare-base", "-s", str(SESSION))
+        answer = clslm("ask", qa["question"], "--compare-base", "--max-new-tokens", MAX_NEW_TOKENS, "-s", str(SESSION))
         right["base"] += contains_answer(answer["base_answer"], qa["answers"])
         right["learned"] += contains_answer(answer["answer"], qa["answers"])
         table.add_row(qa["question"], answer["base_answer"], answer["answer"], str(answer["prompt_tokens"]))

@@ -115,6 +115,8 @@ def test_estimate_from_this_machines_earlier_learns(capfd, tmp_path, llama_dir, 
     code, _, err = run(capfd, "learn", doc, "-s", path, "--device", "cpu")
     assert code == 0, err
     assert "estimate: ~" in err and "tokens with ttt (from earlier learns on this machine)" in err
+    [seen] = json.loads((clslm_home / estimate.RATES).read_text(encoding="utf-8")).values()
+    assert seen["seconds"] / seen["tokens"] < 0.5 * 600 / 10  # the newest (fast) learn weighs most; the slow past fades
 
 
 def test_estimate_falls_back_to_the_strategys_figure_on_the_default_model():

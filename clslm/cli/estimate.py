@@ -1,12 +1,14 @@
 """How long a learn will take, said before it starts: tokens × seconds per 1k tokens.
 
-The rate is this machine's own, from earlier learns with the same strategy and model (kept in
-$CLSLM_HOME/learn-rates.json), else the strategy's latest compare on the default model on 2 CPU cores
+The rate is this machine's own, from earlier learns with the same strategy, options and model (kept in
+$CLSLM_HOME/learn-rates.json, each learn weighing twice the one before it, so a learn on a busy machine or
+by an older version fades), else the strategy's latest compare on the default model on 2 CPU cores
 (clslm/data/measured.json, the figures the README's table shows). Either way it is an estimate, and says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from .. import measured
@@ -17,6 +19,7 @@ from .progress import clock
 
 RATES = "learn-rates.json"
 WORTH_SAYING = 30.0  # seconds: shorter learns need no estimate
+FADE = 0.5  # what the earlier learns weigh beside the newest one
 
 
 def _rates() -> dict:
@@ -28,7 +31,9 @@ def _rates() -> dict:
 
 
 def _key(session) -> str:
-    return f"{session.strategy_name} {session.manifest['model']['fingerprint'][:16]}"
+    """Strategy, a hash of its options (a preset learns at another speed) and the model."""
+    config = json.dumps(session.manifest.get("strategy", {}).get("config", {}), sort_keys=True)
+    return f"{session.strategy_name} {hashlib.sha256(config.encode()).hexdigest()[:8]} {session.manifest['model']['fingerprint'][:16]}"
 
 
 def _seen(rates: dict, key: str) -> dict[str, float]:
@@ -62,7 +67,8 @@ def record(session, reports) -> None:
     """Add these learns to this machine's rates (best effort: a cache, never an error)."""
     rates, key = _rates(), _key(session)
     seen = _seen(rates, key)
-    rates[key] = {"tokens": seen["tokens"] + sum(r.tokens for r in reports), "seconds": round(seen["seconds"] + sum(r.seconds for r in reports), 2)}
+    tokens, seconds = sum(r.tokens for r in reports), sum(r.seconds for r in reports)
+    rates[key] = {"tokens": round(FADE * seen["tokens"] + tokens, 1), "seconds": round(FADE * seen["seconds"] + seconds, 2)}
     try:
         clslm_home().mkdir(parents=True, exist_ok=True)
         write_json_atomic(clslm_home() / RATES, rates)
