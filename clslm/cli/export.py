@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -39,6 +39,7 @@ def export_command(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="merged, peft or context (see above).")] = Format.merged,
     rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank of a ttt peft export (truncated SVD of each module's weight change).")] = 16,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT when it holds a previous clslm export.")] = False,
+    document: Annotated[Optional[str], typer.Option("--document", "-d", help="doc2lora: export this document's own LoRA (its name or hash) instead of the session's; the export says which it holds.", show_default=False)] = None,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", envvar="CLSLM_DTYPE", help="dtype to load and save in: auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")] = "auto",
     wait: WaitOpt = 0,
@@ -47,7 +48,7 @@ def export_command(
     from ..session import Session
 
     with Session.open(session, device=device, dtype=dtype, wait=wait) as s:
-        report = s.export(out_dir, format=fmt.value, rank=rank, force=force)
+        report = s.export(out_dir, format=fmt.value, rank=rank, force=force, document=document)
     if as_json:
         emit_json(asdict(report))
         return
@@ -56,6 +57,8 @@ def export_command(
     out.print("files: " + ", ".join(report.files), markup=False, highlight=False)
     if report.max_abs_logit_diff is not None:
         out.print(f"check: max |Δ logit| {report.max_abs_logit_diff:.3g} vs the session on a {report.probe_tokens}-token probe", markup=False, highlight=False)
+    if report.holds:
+        out.print(f"holds: {report.holds}", markup=False, highlight=False)
     if report.base_model:
         out.print(f"base model: {report.base_model}", markup=False, highlight=False)
     for note in report.notes:
