@@ -1,18 +1,20 @@
-"""ttt-linear — Learn-Doc's test-time training, built as it describes itself: TTT-Linear fast weights.
+"""ttt-linear — TTT-Linear fast weights read through sparse, token-selective keys.
 
-Each of the last quarter of the decoder layers gets a fast-weight linear layer W (width × width, fp32
-whatever the model's dtype) on a residual path beside its MLP (after TTT-Linear, arXiv 2407.04620: a
-linear model as hidden state, trained by a self-supervised loss on the tokens it reads):
+Each of the last decoder layers (`layers`) gets a fast-weight matrix W (fp32 whatever the model's dtype) on a
+residual path beside its MLP (after TTT-Linear, arXiv 2407.04620: a linear model as hidden state, trained by
+a self-supervised loss on the tokens it reads):
 
-    y = mlp(x) + W · x            W starts at 0, so the model starts exactly as the base model
+    y = mlp(x) + W · k(x)          W starts at 0, so the model starts exactly as the base model
 
-The inner loop trains only W, by masked-token prediction: in the training text made from the document
-(textbook.py: chat turns whose replies carry the document), a share `mask_ratio` of the reply tokens is
-replaced by a mask token and the model must predict them there, so the document's words have to come
-from the fast weights instead of the context. A new mask is drawn for every batch in every epoch. An
-anchor term λ·‖W − W₀‖² (W₀: the fast weights when this learn began) holds W near where it started,
-which protects what earlier documents wrote and the base behaviour; gradients are clipped. A TF-IDF
-router (router.py) switches W on only for questions that match a learned document.
+k(x) are the keys (sparse_keys.py): the hidden state itself (`keys=hidden`, which stores no facts: every
+token's key shares one large direction), the MLP's own intermediate activations kept to their top-k per
+token (`keys=mlp`: W acts as extra `down_proj` columns), or a sparse random lift of the centred hidden state
+with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss (`inner=adamw`: a share
+`mask_ratio` of the reply tokens of the training text (textbook.py) is masked in the input and predicted),
+or the delta rule (`inner=delta`, delta_rule.py): one closed-form gradient step of a reconstruction loss per
+mini-batch, forward passes only. An anchor term λ·‖W − W₀‖² holds W near where the learn began. A TF-IDF
+router (router.py) switches W on only for questions that match a learned document; with `route_top` ≥ 1
+only the best-matching documents' changes to W act (each document's change is kept, so W can be rebuilt).
 """
 
 from __future__ import annotations
@@ -21,84 +23,93 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..documents import Document
 from ..errors import InputError
+from ..generation import sliding_window
+from ..machine import fast_bfloat16
 from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import DeltaModule, LearnReport, StepCallback, Strategy, StrategyConfig, noop, option
+from .base import DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
+from .delta_rule import delta_step, safe_lr, value_directions
 from .forgetting import cannot
-from .router import Routed, Router, threshold_option
+from .masking import mask_replies, mask_token_id
+from .gating import general_corpus
+from .packing import attention_mask_for, pack
+from .router import Routed, Router, threshold_option, top_option
+from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
 from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss
 
 PREFIX = "fast_weight"
 CHANGE = "fast_weight_change."  # + document.layer: one document's change to W at one layer (saved)
+REPORT_BATCHES = 4  # batches the reported loss before/after is measured on
 
 
 @dataclass
 class TTTLinearConfig(StrategyConfig):
     """ttt-linear hyperparameters (-o KEY=VALUE)."""
 
-    lr: float = option(1e-3, "AdamW learning rate on the fast weights", above=0, max=1)
-    epochs: int = option(8, "passes over the training text (a fresh mask each time)", min=1)
-    layers: float = option(0.25, "fraction of decoder layers (the last ones) with a fast-weight layer", above=0, max=1)
-    mask_ratio: float = option(0.5, "share of reply tokens masked in the input and predicted", above=0, max=1)
-    anchor: float = option(1.0, "λ of the anchor term λ·‖W − W₀‖² (summed over layers)", min=0)
+    keys: Literal["hidden", "mlp", "sdm"] = option("mlp", "what W reads: the MLP's input (hidden), its intermediate activations (mlp), or a sparse random lift of the centred input (sdm)")
+    top_k: int = option(0, "key features kept per token (mlp, sdm; 0 = all: with keys=mlp W is a change to down_proj)", min=0)
+    normalise: bool = option(True, "keys with top_k > 0 are scaled to unit length")
+    sdm_dim: int = option(4096, "with keys=sdm: units of the random projection", min=1)
+    sdm_fan_in: int = option(16, "with keys=sdm: input coordinates each unit reads", min=1)
+    inner: Literal["adamw", "delta"] = option("adamw", "inner loop: AdamW on the masked-token loss, or the delta rule (closed-form steps of a reconstruction loss)")
+    lr: float = option(2e-3, "AdamW learning rate on the fast weights", above=0, max=1)
+    delta_lr: float = option(0.5, "with inner=delta: step size of the delta rule", above=0, max=10)
+    delta_chunk: int = option(16, "with inner=delta: tokens per delta-rule step (TTT's inner mini-batch; 1: the classic per-token delta rule)", min=1)
+    value_scale: float = option(0.3, "with inner=delta: a value's length relative to the residual stream's norm there", above=0)
+    epochs: int = option(3, "passes over the training text (a fresh mask each time)", min=1)
+    layers: float = option(0.125, "fraction of decoder layers (the last ones) with a fast-weight layer", above=0, max=1)
+    mask_ratio: float = option(0.0, "share of reply tokens masked in the input and predicted (0: plain next-token loss)", min=0, max=1)
+    anchor: float = option(0.0, "λ of the anchor term λ·‖W − W₀‖² (summed over layers)", min=0)
     max_tokens: int = option(96, "longest document piece in one training example", min=8)
     questions: int = option(3, "cue prompts per sentence")
     batch_size: int = option(8, "training examples per step", min=1)
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm", above=0)
     route_threshold: float = threshold_option("fast weights act only on questions whose router match (router.py) reaches this (0: always)")
+    route_top: int = top_option(1, 0, "only the changes of this many best-matching documents act (0: every document's, when one matches)")
+    beams: int = option(2, "beam width when answering a question the fast weights act on (1: greedy)", min=1, max=16)
+    state_dtype: Literal["float16", "float32"] = option("float16", "how each document's change to W is stored")
+    precision: Literal["auto", "float32", "bfloat16"] = option("auto", "arithmetic of the training passes: bfloat16 autocast where native (auto), or as named; W stays float32")
+    pack: bool = option(True, "run each training batch as one sequence (packing.py: the same loss, fewer tokens)")
 
 
 class FastLinearMLP(nn.Module, DeltaModule):
-    """The frozen MLP plus a fast-weight linear path: y = mlp(x) + W·x (W in fp32)."""
+    """The frozen MLP plus a fast-weight linear path read through keys: y = mlp(x) + W·k(x) (W in fp32)."""
 
-    def __init__(self, mlp: nn.Module, width: int):
+    def __init__(self, mlp: nn.Module, key_map: Keys, width: int):
         super().__init__()
         self.mlp = mlp
-        self.fast_weight = nn.Parameter(torch.zeros(width, width, dtype=torch.float32, device=mlp.down_proj.weight.device))
+        self.key_map = key_map
+        self.fast_weight = nn.Parameter(torch.zeros(width, key_map.dim, dtype=torch.float32, device=mlp.down_proj.weight.device))
         self.enabled = True
         self.route = True  # set per question by the router; not saved
+        self.recorded: list[torch.Tensor] | None = None  # keys seen, while the delta rule records them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mlp(x)
         if not (self.enabled and self.route):
-            return y
-        return y + (x.float() @ self.fast_weight.T).to(y.dtype)
-
-
-def mask_replies(batch: dict, ratio: float, mask_id: int, generator: torch.Generator) -> dict:
-    """The batch with `ratio` of its reply tokens replaced by `mask_id`; loss is kept only there."""
-    reply = batch["labels"] != -100
-    chosen = reply & (torch.rand(reply.shape, generator=generator) < ratio).to(reply.device)
-    return {
-        "input_ids": torch.where(chosen, mask_id, batch["input_ids"]),
-        "labels": torch.where(chosen, batch["labels"], -100),
-        "attention_mask": batch["attention_mask"],
-    }
-
-
-def mask_token_id(tokenizer, vocab: int) -> int:
-    """The tokenizer's mask token, else another special token the model has an embedding for."""
-    for token_id in (tokenizer.mask_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None and 0 <= token_id < vocab:
-            return int(token_id)
-    return 0
+            return self.mlp(x)
+        y, h = mlp_parts(self.mlp, x) if self.key_map.reads_mlp else (self.mlp(x), None)
+        keys = self.key_map(x, h)
+        if self.recorded is not None:
+            self.recorded.append(keys.detach())
+        return y + (keys @ self.fast_weight.T).to(y.dtype)
 
 
 class TTTLinear(Routed, Strategy):
-    """TTT-Linear fast weights on the last layers, trained on the document by masked-token prediction."""
+    """TTT-Linear fast weights on the last layers, read through selective keys, trained on the document."""
 
     name = "ttt-linear"
     Config = TTTLinearConfig
     prefix = PREFIX
     paper = "2407.04620"
-    summary = "fp32 TTT-Linear fast weights beside the last MLPs, trained by masked-token prediction with an anchor term"
+    summary = "fp32 TTT-Linear fast weights read through the last MLPs' own activations (extra down_proj weights), trained on the document, routed per document"
     test_options = {"epochs": "3", "max_tokens": "32"}
     learns_by_gradient = True
 
@@ -107,12 +118,25 @@ class TTTLinear(Routed, Strategy):
         width = self.model.get_input_embeddings().embedding_dim
         blocks = decoder_layers(self.model)
         for i in self.layer_ids:
-            blocks[i].mlp = FastLinearMLP(gated_mlp(blocks[i]), width)
+            mlp = gated_mlp(blocks[i])
+            blocks[i].mlp = FastLinearMLP(mlp, self._key_map(i, width, mlp.down_proj.weight.shape[1]), width)
+        if self.config.keys == "sdm":  # the keys' centre: the mean MLP input over general text
+            with self.disabled():
+                for m, mean in zip(self.fast_layers(), mean_inputs(self.model, self.tokenizer, self.fast_layers(), general_corpus())):
+                    m.key_map.centre.copy_(mean)
         self.router = Router(self.config)  # one unit per document
         self.anchors: list[torch.Tensor] = []
         # Each document's change to the fast weights, per layer; W is their sum (so one can be forgotten).
         # None: a session saved before they were kept (its W alone).
         self.changes: list[list[torch.Tensor]] | None = []
+
+    def _key_map(self, layer: int, width: int, intermediate: int) -> Keys:
+        c = self.config
+        if c.keys == "mlp":
+            return MlpKeys(intermediate, c.top_k, c.normalise and c.top_k > 0)
+        if c.keys == "sdm":
+            return SdmKeys(width, c.sdm_dim, min(c.sdm_fan_in, width), c.top_k, c.seed + layer)
+        return HiddenKeys(width)
 
     def fast_layers(self) -> list[FastLinearMLP]:
         blocks = decoder_layers(self.model)
@@ -127,29 +151,27 @@ class TTTLinear(Routed, Strategy):
         started = time.perf_counter()
         c = self.config
         torch.manual_seed(c.seed)
-        examples = build_examples(document, self.tokenizer, fmt="chat", max_tokens=c.max_tokens, questions_per_sentence=c.questions)
-        data = [{k: v.to(self.model.device) for k, v in b.items()} for b in batches(examples, c.batch_size, self.tokenizer.pad_token_id)]
+        data = self._batches(document)
         self.router.add(document.text)
+        if c.route_top and self.changes is not None:  # its change answers alone, so it is learned alone
+            self._set_weights([])
         self.anchors = [m.fast_weight.detach().clone() for m in self.fast_layers()]
         generator = torch.Generator().manual_seed(c.seed)
         mask_id = mask_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
-
-        def loss_fn(batch: dict, *, masked: bool = True) -> torch.Tensor:
-            if masked:
-                batch = mask_replies(batch, c.mask_ratio, mask_id, generator)
-            return self._masked_loss(batch) + self.anchor_penalty()
-
         fixed = torch.Generator().manual_seed(c.seed + 1)  # the same masks before and after: comparable losses
-        probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data]
-        loss_before = mean_loss(probe, lambda b: loss_fn(b, masked=False))
-        params = [m.fast_weight for m in self.fast_layers()]
-        steps, skipped = descend(
-            self.name, params, data, loss_fn,
-            epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
-        )  # fmt: skip
-        loss_after = mean_loss(probe, lambda b: loss_fn(b, masked=False))
-        moved = sum(float((m.fast_weight - w0).norm()) for m, w0 in zip(self.fast_layers(), self.anchors))
+        probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data[:: max(1, len(data) // REPORT_BATCHES)]]
+        loss_before = mean_loss(probe, self._objective)
+        if c.inner == "delta":
+            steps, skipped = self._delta_learn(data, mask_id, generator, on_step), 0
+        else:
+            steps, skipped = descend(
+                self.name, [m.fast_weight for m in self.fast_layers()], data,
+                lambda b: self._objective(mask_replies(b, c.mask_ratio, mask_id, generator)),
+                epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
+            )  # fmt: skip
         self._keep_change()
+        loss_after = mean_loss(probe, self._objective)
+        moved = sum(float(change.norm()) for change in self.changes[-1]) if self.changes else 0.0
         return LearnReport(
             name=document.name,
             sha256=document.sha256,
@@ -160,29 +182,108 @@ class TTTLinear(Routed, Strategy):
             extra={"steps": steps, "skipped_steps": skipped, "layers": len(self.layer_ids), "weight_change": round(moved, 4)},
         )
 
-    def _masked_loss(self, batch: dict) -> torch.Tensor:
-        """Masked-token loss; the frozen layers below the fast weights run once, without gradients."""
-        start = self.layer_ids[0]
-        hidden = hidden_before(self.model, start, batch["input_ids"], batch["attention_mask"])
-        if hidden is None:
-            return reply_loss(self.model, batch)
-        with replay_prefix(self.model, start, hidden):
-            return reply_loss(self.model, batch)
+    def _batches(self, document: Document) -> list[dict]:
+        """The training batches (packed where that keeps the loss), with the frozen prefix's states when no
+        mask changes the inputs (mask_ratio 0)."""
+        c = self.config
+        examples = build_examples(document, self.tokenizer, fmt="chat", max_tokens=c.max_tokens, questions_per_sentence=c.questions)
+        data = batches(examples, c.batch_size, self.tokenizer.pad_token_id)
+        if c.pack:
+            window = getattr(self.model.config, "sliding_window", None) if sliding_window(self.model) else None
+            data = [pack(b, window) for b in data]
+        data = [{k: v.to(self.model.device) for k, v in b.items()} for b in data]
+        for b in data:
+            if c.mask_ratio <= 0:
+                with self._precision():
+                    b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], self._mask(b), b.get("position_ids"))
+        return data
+
+    def _mask(self, batch: dict) -> torch.Tensor:
+        return attention_mask_for(self.model, batch["attention_mask"], self.model.dtype)
+
+    def _objective(self, batch: dict) -> torch.Tensor:
+        """Masked-token (or next-token) loss plus the anchor term; a cached frozen prefix is replayed."""
+        with self._precision():
+            hidden = batch.get("hidden")
+            if hidden is None:
+                loss = reply_loss(self.model, batch)
+            else:
+                with replay_prefix(self.model, self.layer_ids[0], hidden):
+                    loss = reply_loss(self.model, batch)
+        return loss.float() + self.anchor_penalty()
+
+    def _precision(self):
+        """bfloat16 autocast for the training passes when asked (W and the answers stay float32)."""
+        c, device = self.config, self.model.device
+        enabled = c.precision == "bfloat16" or (c.precision == "auto" and fast_bfloat16(device))
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # ---- the delta rule ------------------------------------------------------------------------------
+    def _delta_learn(self, data: list[dict], mask_id: int, generator: torch.Generator, on_step: StepCallback) -> int:
+        """`epochs` passes of delta-rule steps, one per batch (shuffled per epoch from the seed)."""
+        c, step = self.config, 0
+        order = torch.Generator().manual_seed(c.seed)
+        for _ in range(c.epochs):
+            for j in torch.randperm(len(data), generator=order).tolist():
+                batch = mask_replies(data[j], c.mask_ratio, mask_id, generator)
+                for m, w0, (keys, values) in zip(self.fast_layers(), self.anchors, self.keys_and_values(batch)):
+                    for k, v in zip(keys.split(c.delta_chunk), values.split(c.delta_chunk)):  # TTT's mini-batches, in order
+                        m.fast_weight.data = delta_step(m.fast_weight.data, k, v, safe_lr(k, c.delta_lr), c.anchor, w0)
+                step += 1
+                on_step(Step(step, c.epochs * len(data)))
+        return step
+
+    def keys_and_values(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per fast layer: the keys at the positions that predict a labelled token, and their values (the
+        next token's logit direction × value_scale × the residual stream's norm there ÷ the layer count)."""
+        layers, norms = self.fast_layers(), {}
+        blocks = decoder_layers(self.model)
+        hooks = [blocks[i].register_forward_pre_hook(lambda mod, args, kwargs, i=i: norms.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).float().norm(dim=-1)), with_kwargs=True) for i in self.layer_ids]
+        for m in layers:
+            m.recorded = []
+        try:
+            with torch.no_grad(), self._precision():
+                hidden = batch.get("hidden")
+                run = lambda: self.model.get_decoder()(input_ids=batch["input_ids"], attention_mask=self._mask(batch), position_ids=batch.get("position_ids"), use_cache=False)  # noqa: E731
+                if hidden is None:
+                    run()
+                else:
+                    with replay_prefix(self.model, self.layer_ids[0], hidden):
+                        run()
+            targets = batch["labels"][:, 1:]
+            keep = targets != -100
+            directions = value_directions(self.model, targets[keep])
+            scale = self.config.value_scale / len(layers)
+            return [(m.recorded[0][:, :-1][keep].float(), directions * (scale * norms[i][:, :-1][keep])[:, None]) for i, m in zip(self.layer_ids, layers)]
+        finally:
+            for h in hooks:
+                h.remove()
+            for m in layers:
+                m.recorded = None
 
     # ---- routing -------------------------------------------------------------------------------
     def matches(self, question: str) -> bool:
         return self.router.matches(question)
 
     def active_documents(self, question: str) -> list[int] | None:
-        """Every document when the question matches one, else none (W is shared: all act, or none); None
-        with routing off (route_threshold 0)."""
+        """With route_top 0, every document when the question matches one, else none (W acts whole); with
+        route_top ≥ 1 the best matches; None with routing off (route_threshold 0)."""
         if self.config.route_threshold <= 0:
             return None
+        if self.config.route_top:
+            return self.router.ranked(question)[: self.config.route_top]
         return list(range(len(self.router))) if self.matches(question) else []
+
+    def beams(self, question: str) -> int:
+        active = self.active_documents(question)
+        return self.config.beams if (active is None and len(self.router)) or active else 1
 
     @contextmanager
     def route_to(self, active: list[int] | None) -> Iterator[None]:
         on = active is None or bool(active)
+        alone = on and active is not None and self.config.route_top > 0 and self.changes is not None
+        if alone:
+            self._set_weights(active)
         for m in self.fast_layers():
             m.route = on
         try:
@@ -190,23 +291,30 @@ class TTTLinear(Routed, Strategy):
         finally:
             for m in self.fast_layers():
                 m.route = True
+            if alone:
+                self._sum_changes()
 
     # ---- each document's change, forgetting one ---------------------------------------------------
     def _keep_change(self) -> None:
-        """Record this learn's change to W, then set W to the sum of the changes (what a reload rebuilds)."""
+        """Record this learn's change to W (rounded as it is stored), then set W to the sum of the changes."""
         if self.changes is None:
             return
-        self.changes.append([(m.fast_weight - w0).detach().clone() for m, w0 in zip(self.fast_layers(), self.anchors)])
+        dtype = getattr(torch, self.config.state_dtype)
+        self.changes.append([(m.fast_weight - w0).detach().to(dtype).float() for m, w0 in zip(self.fast_layers(), self.anchors)])
         self._sum_changes()
 
     def _sum_changes(self) -> None:
+        self._set_weights(range(len(self.changes or [])))
+
+    def _set_weights(self, documents) -> None:
+        """W = the sum of the listed documents' changes."""
         with torch.no_grad():
             for i, m in enumerate(self.fast_layers()):
-                m.fast_weight.copy_(sum((c[i] for c in self.changes), torch.zeros_like(m.fast_weight)))
+                m.fast_weight.copy_(sum((self.changes[d][i] for d in documents), torch.zeros_like(m.fast_weight)))
 
     def forget(self, documents: list[dict], position: int) -> None:
-        """W loses the document's change and its router keys go. The other documents' changes were learned
-        on top of it, so their answers may shift a little (W is shared, not routed per document)."""
+        """W loses the document's change and its router keys go. With route_top 0 the other documents'
+        changes were learned on top of it, so their answers may shift a little."""
         if self.changes is None and len(documents) > 1:
             raise cannot(self.name, "it was learned before clslm kept each document's change to the fast weights")
         self.changes = [c for i, c in enumerate(self.changes or []) if i != position]
@@ -219,7 +327,8 @@ class TTTLinear(Routed, Strategy):
             return {}
         if self.changes is None:
             return super().state_dict()
-        return {f"{CHANGE}{d}.{i}": w.cpu().contiguous() for d, change in enumerate(self.changes) for i, w in enumerate(change)}
+        dtype = getattr(torch, self.config.state_dtype)
+        return {f"{CHANGE}{d}.{i}": w.to(dtype).cpu().contiguous() for d, change in enumerate(self.changes) for i, w in enumerate(change)}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         if not tensors or self.changes is None:
@@ -245,13 +354,31 @@ class TTTLinear(Routed, Strategy):
             raise ValueError(f"changes must be the number of documents ({len(self.router)}), not {count!r}")
         self.changes = [[torch.zeros_like(m.fast_weight) for m in self.fast_layers()] for _ in range(count)]  # filled by load_state_dict
 
+    # ---- export --------------------------------------------------------------------------------
+    def foldable(self) -> bool:
+        """W·k is a change to down_proj exactly when k is the MLP's own intermediate activations, whole."""
+        return self.config.keys == "mlp" and self.config.top_k == 0
+
     def cannot_export(self, format: str) -> str | None:
-        return (
-            f"ttt-linear cannot be exported as {format} weights: its fast weights add a linear path W·x beside "
-            "each MLP, and a gated MLP (Llama, Qwen2, Gemma 3) has no neuron that is linear in its input, so no "
-            "standard checkpoint or LoRA adapter reproduces it (see docs/export.md); use the session through "
-            "clslm or its Python API"
+        if self.foldable() and format == "merged":
+            return None
+        why = "its keys are the MLP's intermediate activations, so only --format merged folds it" if self.foldable() else (
+            f"its fast weights read keys (keys={self.config.keys}, top_k={self.config.top_k}) that are not linear in a standard "
+            "MLP's weights, so no standard checkpoint or LoRA adapter reproduces them (with -o keys=mlp -o top_k=0 W folds into "
+            "down_proj: --format merged)"
         )
+        return f"ttt-linear cannot be exported as {format} weights: {why} (see docs/export.md); use the session through clslm or its Python API"
+
+    def export_merged(self) -> Merged:
+        """W (every document's change) added to each fast layer's down_proj; the wrappers taken out."""
+        blocks = decoder_layers(self.model)
+        for i, m in zip(self.layer_ids, self.fast_layers()):
+            with torch.no_grad():
+                m.mlp.down_proj.weight += m.fast_weight.to(m.mlp.down_proj.weight.dtype)
+            blocks[i].mlp = m.mlp
+        notes = ["every document's change to the fast weights is on: clslm's per-question routing has no counterpart in a standard checkpoint"] if self.config.route_threshold > 0 else []
+        return Merged(self.model, True, notes)
 
     def describe(self) -> dict:
-        return {"layers": self.layer_ids, "documents": len(self.router), "fast_weight_mb": round(sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6, 2)}
+        mb = sum(m.fast_weight.numel() * 4 for m in self.fast_layers()) / 1e6
+        return {"layers": self.layer_ids, "keys": self.config.keys, "documents": len(self.router), "fast_weight_mb": round(mb, 2)}

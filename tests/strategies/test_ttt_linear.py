@@ -78,7 +78,7 @@ def test_untrained_fast_weights_are_an_exact_identity_even_when_switched_on(mode
 
 
 def test_fast_weights_are_fp32_whatever_the_model_dtype(llama_dir):
-    strategy = make(llama_dir, dtype="bfloat16")
+    strategy = make(llama_dir, dtype="bfloat16", state_dtype="float32")
     assert strategy.model.dtype == torch.bfloat16
     assert all(m.fast_weight.dtype == torch.float32 for m in strategy.fast_layers())
     report = strategy.learn(Document(name="k", text=DOCUMENT))
