@@ -267,13 +267,14 @@ def test_jitrl_full_writes_its_store(tmp_path, llama_dir):
 # ---- refusals and OUT ------------------------------------------------------------------------------------
 
 
-def test_ttt_linear_refuses_with_the_reason(tmp_path, llama_dir, capfd):
-    with new_session(tmp_path / "session", llama_dir, strategy="ttt-linear") as s:
+@pytest.mark.parametrize(("options", "fmt", "reason"), [({"top_k": "8"}, "merged", "-o top_k=0"), ({"top_k": "8"}, "peft", "-o top_k=0"), ({}, "peft", "only --format merged")])
+def test_ttt_linear_refuses_with_the_reason(tmp_path, llama_dir, capfd, options, fmt, reason):
+    """Sparse keys fold nowhere; whole-MLP keys (the default) fold into down_proj, merged only."""
+    with new_session(tmp_path / "session", llama_dir, strategy="ttt-linear", **options) as s:
         s.save()
-    for fmt in ("merged", "peft"):
-        code, out, err = run(capfd, "export", tmp_path / "out", "-s", tmp_path / "session", "--format", fmt, "--device", "cpu")
-        assert code == 3 and out == "" and len(err.strip().splitlines()) == 1
-        assert "linear path" in err and "no neuron that is linear" in err
+    code, out, err = run(capfd, "export", tmp_path / "out", "-s", tmp_path / "session", "--format", fmt, "--device", "cpu")
+    assert code == 3 and out == "" and len(err.strip().splitlines()) == 1
+    assert "ttt-linear cannot be exported" in err and reason in err
     assert not (tmp_path / "out").exists()
 
 

@@ -28,7 +28,7 @@ HELP = """Write what a session learned for use outside clslm (details: docs/expo
 
 [bold]--format context[/bold]: what prompt-side strategies (jitrl-mvp, jitrl-full, ace) learned: chunks, playbook or store as context.json and context.md. merged or peft on a prompt-side session writes this instead, and says so.
 
-Every weight export is checked before it is written: its logits on a probe prompt against the session's (max abs difference in the report). ttt-linear cannot be exported: its linear path beside the MLP has no place in a standard model. OUT must be new or empty; --force replaces only a previous clslm export."""
+Every weight export is checked before it is written: its logits on a probe prompt against the session's (max abs difference in the report). ttt-linear cannot be exported unless its fast weights read the whole MLP activations (-o keys=mlp -o top_k=0): then they fold into down_proj (merged). OUT must be new or empty; --force replaces only a previous clslm export."""
 
 
 @app.command("export", help=HELP)
