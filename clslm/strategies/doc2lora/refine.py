@@ -41,8 +41,8 @@ class Refinement:
 
     layers: list[int]  # decoder layers whose LoRA factors are trained
     objective: str = "next-token"  # or "distill"
-    epochs: int = 2
-    lr: float = 2e-3
+    epochs: int = 4
+    lr: float = 1e-2
     batch_size: int = 8
     max_tokens: int = 96
     questions: int = 2
@@ -92,7 +92,8 @@ def refine(model, tokenizer, document: Document, start: Factors, r: Refinement, 
     base = unwrap(model)
     if r.init == "zero":
         start = zero_start(model, start, torch.Generator().manual_seed(r.seed))
-    trained = {n: balanced(a, b) for n, (a, b) in start.items() if layer_of(n) in r.layers}
+    pick = (lambda a, b: (a.clone(), b.clone())) if r.init == "zero" else balanced  # B = 0 has no balanced form but zeros
+    trained = {n: pick(a, b) for n, (a, b) in start.items() if layer_of(n) in r.layers}
     fixed = {n: f for n, f in start.items() if n not in trained}
     first = min(layer_of(n) for n in trained)
     with clock("examples"):

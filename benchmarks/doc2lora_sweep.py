@@ -1,0 +1,59 @@
+"""Variants of doc2lora's options on a few documents, the model loaded once: hits, seconds and state per variant.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doc2lora_sweep.py dev-01,dev-02,dev-03 '' 'objective=distill' 'epochs=3,refine_lr=2e-2'
+Each variant learns each document in a fresh copy of the model (as `bench --mode independent` does) and asks
+its questions; `-v` prints every answer with the document the router chose (benchmarks/ttt_sweep.py for doc2lora).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from clslm.benchdata import load_facts
+from clslm.documents import Document
+from clslm.models import load_model, resolve_model
+from clslm.paths import clslm_home
+from clslm.scoring import contains_answer
+from clslm.strategies.base import StrategyContext, parse_options
+from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ids", help="comma-separated document ids of the facts set (or 'long' for facts-long-dev)")
+    parser.add_argument("variants", nargs="+", help="KEY=VALUE,KEY=VALUE option sets ('' for the defaults)")
+    parser.add_argument("--facts", default=None, help="facts JSONL (default: the bundled dev set)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    records = {doc.id: doc for doc in load_facts(args.facts)}
+    source = resolve_model("smollm2-135m")
+    base, tokenizer = load_model(source, device="cpu", dtype="float32")
+    for variant in args.variants:
+        options = dict(item.split("=", 1) for item in variant.split(",") if item)
+        config = parse_options(Doc2LoRAConfig, options)
+        hits = total = 0
+        seconds = tokens = state = 0.0
+        for doc_id in args.ids.split(","):
+            record = records[doc_id]
+            strategy = Doc2LoRA(copy.deepcopy(base), tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
+            start = time.perf_counter()
+            report = strategy.learn(Document(doc_id, record.document))
+            seconds += time.perf_counter() - start
+            tokens += report.tokens
+            state += sum(t.numel() * t.element_size() for t in strategy.state_dict().values())
+            doc_hits = 0
+            for qa in record.qa:
+                answer = strategy.answer(qa.question, max_new_tokens=40).text
+                hit = contains_answer(answer, list(qa.answers))
+                doc_hits += hit
+                if args.verbose:
+                    print(f"    {'+' if hit else '-'} {strategy.active_documents(qa.question)} {qa.question[:50]} -> {answer[:70]!r}", flush=True)
+            hits, total = hits + doc_hits, total + len(record.qa)
+            print(f"  {doc_id}: {doc_hits}/{len(record.qa)} {report.seconds}s {report.tokens}tok {report.extra.get('phase_seconds')} steps {report.extra.get('steps')} loss {report.loss_before}->{report.loss_after}", flush=True)
+        print(f"[{variant}] {hits}/{total}  {seconds / tokens * 1000:.1f} s/1k tokens  {state / tokens * 1000 / 1e6:.2f} MB/1k tokens", flush=True)
+
+
+if __name__ == "__main__":
+    main()
