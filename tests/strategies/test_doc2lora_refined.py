@@ -125,6 +125,9 @@ def test_a_zero_start_has_no_effect_before_its_steps(llama_dir, hypernet_file):
     report = s.learn(Document("one", DOCUMENT))
     assert "a zero LoRA" in report.extra["mode"]
     assert all(not b.any() for _, b in s.doc_factors[0].values())
+    moved = strategy(llama_dir, hypernet=str(hypernet_file), mode="refined", init="zero", epochs=2, refine_lr=5e-2)
+    report = moved.learn(Document("one", DOCUMENT))
+    assert report.loss_after < report.loss_before and any(b.any() for _, b in moved.doc_factors[0].values())
 
 
 # ---- --data: one's own corpus ----------------------------------------------------------------------------
@@ -188,3 +191,28 @@ def test_a_refined_documents_adapter_exports_for_peft_and_answers_as_ask_does(ll
     with Session.open(path, device="cpu") as session, pytest.raises(Exception, match="no document 'three'"):
         session.export(tmp_path / "three", format="peft", document="three")
 
+
+
+def test_the_export_command_says_what_the_adapter_holds(capfd, llama_dir, hypernet_file, tmp_path):
+    from clslm.cli import main
+
+    def cli(*args) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    session, doc, second = tmp_path / "session", tmp_path / "one.txt", tmp_path / "two.txt"
+    doc.write_text(DOCUMENT)
+    second.write_text(SECOND)
+    code, _, err = cli("learn", doc, second, "-s", session, "--model", llama_dir, "--strategy", "doc2lora", "-o", f"hypernet={hypernet_file}", "-o", "epochs=1", "--device", "cpu")
+    assert code == 0, err
+    code, out, err = cli("export", tmp_path / "x", "-s", session, "--format", "peft", "--document", second, "--device", "cpu")
+    assert code == 0, err
+    assert f"holds: document {second} (2 of 2): its own LoRA" in out and "only on questions routed to it" in err
+    code, out, err = cli("export", tmp_path / "y", "-s", session, "--format", "merged", "--device", "cpu", "--json")
+    assert code == 0, err
+    assert json.loads(out)["holds"].startswith("session: the mean of all 2 document(s)' LoRAs")
