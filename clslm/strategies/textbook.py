@@ -22,8 +22,7 @@ from ..documents import Document, split_sentences
 from ..generation import chat_prompt
 from .context_distillation import distillation_loss
 from .packing import attention_mask_for
-from .questions import questions_for
-from .topic import subject
+from .questions import NOT_NAMES, questions_for
 
 
 @dataclass
@@ -37,6 +36,18 @@ class Example:
     def reply(self) -> list[int]:
         """The labelled tokens (a chat example's reply)."""
         return [t for t in self.labels if t != -100]
+
+
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
+
+
+def subject(text: str) -> str:
+    """The document's most frequent proper name (a stand-in for its title)."""
+    names = [n for n in _CAPITALISED.findall(text) if n not in NOT_NAMES]
+    multi = [n for n in names if " " in n]
+    pool = Counter(multi).most_common(1) or Counter(names).most_common(1)
+    name = pool[0][0] if pool else "the document"
+    return "the " + name[4:] if name.startswith("The ") else name
 
 
 def content_words(sentence: str) -> list[str]:

@@ -32,17 +32,8 @@ def make(model_dir, **options):
 # ---- training text -------------------------------------------------------------------------------
 
 
-def test_subject_is_the_name_the_document_opens_with():
+def test_subject_is_the_most_frequent_proper_name():
     assert subject(DOCUMENT) == "the Kessenbrock Light"
-    tool = "bramblesync mirrors a folder. It splits files into 768 KiB chunks. The KiB limit is fixed. bramblesync retries 11 times."
-    assert subject(tool) == "bramblesync"  # a rare lower-case word; not the recurring unit
-    person = "Elowen Strathcarrow (1852–1926) was a botanist. She surveyed the Brenvald Range. The Brenvald Range is high; the Brenvald Range is cold."
-    assert subject(person) == "Elowen Strathcarrow"  # not the place named most often, so 'She' stays hers
-    story = "Every winter evening, Oswin Marrable climbed the stair. The clock was old. Marrable wound it."
-    assert subject(story) == "Oswin Marrable"  # named early and again
-    assert subject("PRELLWICK — The Prellwick council voted. Prellwick will build a bridge.") == "Prellwick"
-    assert subject("## Keldrunite\n\nKeldrunite is a mineral. It is green.") == "Keldrunite"  # headings are not sentences
-    assert subject("some words with no names at all.") == "the document"
 
 
 def test_pronouns_at_sentence_start_become_the_subject():
