@@ -156,7 +156,7 @@ def test_a_state_json_of_the_wrong_shape_is_exit_4(capfd, session):  # noqa: F81
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda t: t.update({(k := patch_key(t, ".gate")): t[k][:, :-1].contiguous()}), "gate should be floating-point of shape"),
+        (lambda t: t.update({(k := patch_key(t, ".gate")): t[k][:, :-1].contiguous()}), "gate should be floating-point or int8 of shape"),
         (lambda t: t.update({(k := patch_key(t, ".index")): t[k].to(__import__("torch").int8)}), "index should be a 1-D int64 tensor, not torch.int8"),
         (lambda t: t[patch_key(t, ".index")].__setitem__(0, 10**9), "index names neurons outside 0..63"),
         (lambda t: t[patch_key(t, ".index")].__setitem__(0, -1), "index names neurons outside 0..63"),
