@@ -1,6 +1,7 @@
-"""Variants of ttt's options on a few documents, the model loaded once: hits, seconds and state per variant.
+"""Variants of a routed strategy's options (ttt unless --strategy) on a few documents, the model loaded once: hits, seconds and state per variant.
 
     .venv/bin/python benchmarks/ttt_sweep.py dev-01,dev-03,dev-05 'objective=next-token' 'epochs=3,lr=4e-3'
+    .venv/bin/python benchmarks/ttt_sweep.py --strategy doc2lora dev-01,dev-02 '' 'objective=distill'
 Each variant learns each document in a fresh copy of the model (as `bench --mode independent` does) and asks
 its questions; `-v` prints every answer with the part the router chose.
 """
@@ -16,8 +17,8 @@ from clslm.documents import Document
 from clslm.models import load_model, resolve_model
 from clslm.paths import clslm_home
 from clslm.scoring import contains_answer
+from clslm.registry import get
 from clslm.strategies.base import StrategyContext, parse_options
-from clslm.strategies.ttt import TTT, TTTConfig
 
 
 def main() -> None:
@@ -25,19 +26,21 @@ def main() -> None:
     parser.add_argument("ids", help="comma-separated document ids of the facts set (or 'long' for facts-long-dev)")
     parser.add_argument("variants", nargs="+", help="KEY=VALUE,KEY=VALUE option sets ('' for the defaults)")
     parser.add_argument("--facts", default=None, help="facts JSONL (default: the bundled dev set)")
+    parser.add_argument("--strategy", default="ttt", help="a routed strategy (ttt, doc2lora, ttt-linear, ...); default ttt")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    strategy_cls = get(args.strategy)
     records = {doc.id: doc for doc in load_facts(args.facts)}
     source = resolve_model("smollm2-135m")
     base, tokenizer = load_model(source, device="cpu", dtype="float32")
     for variant in args.variants:
         options = dict(item.split("=", 1) for item in variant.split(",") if item)
-        config = parse_options(TTTConfig, options)
+        config = parse_options(strategy_cls.Config, options)
         hits = total = 0
         seconds = tokens = state = 0.0
         for doc_id in args.ids.split(","):
             record = records[doc_id]
-            strategy = TTT(copy.deepcopy(base), tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
+            strategy = strategy_cls(copy.deepcopy(base), tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
             start = time.perf_counter()
             report = strategy.learn(Document(doc_id, record.document))
             seconds += time.perf_counter() - start
@@ -51,7 +54,7 @@ def main() -> None:
                 if args.verbose:
                     print(f"    {'+' if hit else '-'} {strategy.active_documents(qa.question)} {qa.question[:50]} -> {answer[:70]!r}", flush=True)
             hits, total = hits + doc_hits, total + len(record.qa)
-            print(f"  {doc_id}: {doc_hits}/{len(record.qa)} {report.extra.get('phase_seconds')} parts {report.extra.get('parts')} loss {report.loss_before}->{report.loss_after}", flush=True)
+            print(f"  {doc_id}: {doc_hits}/{len(record.qa)} {report.seconds}s {report.tokens}tok {report.extra.get('phase_seconds')} parts {report.extra.get('parts')} steps {report.extra.get('steps')} loss {report.loss_before}->{report.loss_after}", flush=True)
         print(f"[{variant}] {hits}/{total}  {seconds / tokens * 1000:.1f} s/1k tokens  {state / tokens * 1000 / 1e6:.2f} MB/1k tokens", flush=True)
 
 
