@@ -1,5 +1,5 @@
 """Helpers the test files share: a model loaded as a user's session loads it, the CLI run in-process, the
-package's import graph."""
+package's import graph, a doc2lora hypernetwork meta-trained for a tiny model."""
 
 from __future__ import annotations
 
@@ -16,6 +16,30 @@ def load(model_dir, dtype: str = "float32"):
     """(model, tokenizer, source) of a local model dir, on the CPU, as `clslm --model DIR` loads it."""
     source = resolve_model(str(model_dir))
     return (*load_model(source, device="cpu", dtype=dtype), source)
+
+
+TINY_HYPERNET = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=64, lr=3e-3, warmup=2)
+
+
+def doc2lora_trainer(model_dir, out: Path, **settings):
+    """doc2lora's meta-trainer for a local model, with a tiny hypernetwork (TINY_HYPERNET, overridden by `settings`)."""
+    from clslm.strategies.doc2lora.train import Trainer, TrainSettings
+
+    model, tokenizer, source = load(model_dir)
+    return Trainer(model, tokenizer, TrainSettings(**(TINY_HYPERNET | settings)), out, fingerprint=source.fingerprint, cpu=True)
+
+
+def meta_trained_hypernet(model_dir, tmp_path_factory, **settings) -> Path:
+    """A hypernetwork meta-trained for 4 steps (B's head is no longer zero), its caches in a home of its own."""
+    import pytest
+
+    out = tmp_path_factory.mktemp("hypernet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLSLM_HOME", str(tmp_path_factory.mktemp("home")))
+        t = doc2lora_trainer(model_dir, out, steps=4, **settings)
+        t.build(resume=False)
+        t.run()
+    return out / "hypernet.safetensors"
 
 
 def run(capfd, *args, stdin: bytes | str | None = None, monkeypatch=None) -> tuple[int, str, str]:

@@ -17,30 +17,23 @@ from clslm.strategies.doc2lora.corpus import load_corpus, pieces
 from clslm.strategies.doc2lora.hypernet import load_hypernet
 from clslm.strategies.doc2lora.reading import chunks, read_chunks, reader_prefix
 from clslm.strategies.doc2lora.refine import layer_of
-from clslm.strategies.doc2lora.train import Trainer, TrainSettings, load_data
+from clslm.strategies.doc2lora.train import TrainSettings, load_data
 
 from conftest import DOCUMENT
-from helpers import load
+from helpers import doc2lora_trainer, load, meta_trained_hypernet
 
 SECOND = "The Orvane Ferry crosses the Lisk estuary. It was founded by Mirela Tansk in 1871 and carries 60 cars."
-TINY = dict(width=16, rank=4, blocks=1, val_docs=2, eval_every=2, chunk_tokens=16, lr=3e-3, warmup=2)
+CHUNK = {"chunk_tokens": 16}  # documents of several chunks
 
 
-def trainer(model_dir, out: Path, **settings) -> Trainer:
-    model, tokenizer, source = load(model_dir)
-    return Trainer(model, tokenizer, TrainSettings(**(TINY | settings)), out, fingerprint=source.fingerprint, cpu=True)
+def trainer(model_dir, out: Path, **settings):
+    return doc2lora_trainer(model_dir, out, **(CHUNK | settings))
 
 
 @pytest.fixture(scope="module")
 def hypernet_file(llama_dir, tmp_path_factory) -> Path:
     """A hypernetwork for the tiny Llama, meta-trained for a few steps (16-token chunks: documents have several)."""
-    out = tmp_path_factory.mktemp("hypernet")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLSLM_HOME", str(tmp_path_factory.mktemp("home")))
-        t = trainer(llama_dir, out, steps=4)
-        t.build(resume=False)
-        t.run()
-    return out / "hypernet.safetensors"
+    return meta_trained_hypernet(llama_dir, tmp_path_factory, **CHUNK)
 
 
 def strategy(model_dir, **options) -> Doc2LoRA:
