@@ -27,9 +27,10 @@ def quantize(delta, axis: int):
     """int8 values and one float32 scale per neuron (absmax / 127): a quarter of float32, half of float16."""
     import torch
 
-    scale = delta.detach().float().abs().amax(dim=1 - axis, keepdim=True) / 127
+    values = delta.detach().float()
+    scale = values.abs().amax(dim=1 - axis, keepdim=True) / 127
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.round(delta.detach().float() / scale).clamp(-127, 127).to(torch.int8), scale.squeeze(1 - axis)
+    return torch.round(values / scale).clamp(-127, 127).to(torch.int8), scale.squeeze(1 - axis)
 
 
 def dequantize(values, scale, axis: int):
