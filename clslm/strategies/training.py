@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import TrainingDiverged
+from ..machine import fast_bfloat16
 from .base import Step, StepCallback
 
 MAX_BAD_STEPS = 5
@@ -94,3 +95,10 @@ def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor], at_most
         losses = [float(loss_fn(b)) for b in data]
     finite = [x for x in losses if math.isfinite(x)]
     return round(sum(finite) / len(finite), 4) if finite else float("nan")
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """bfloat16 autocast for training passes where asked, or (auto) where this device multiplies bfloat16
+    natively; the trained weights and the answers stay float32."""
+    enabled = precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -28,7 +28,6 @@ from torch import nn
 
 from ..documents import Document
 from ..generation import sliding_window
-from ..machine import fast_bfloat16
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from .forgetting import reported_counts, share
@@ -37,7 +36,7 @@ from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
 from .context_distillation import answer, teach
 from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections
-from .training import PhaseClock, descend, mean_loss
+from .training import PhaseClock, descend, mean_loss, precision_autocast
 from .ttt_state import as_stored, check_patches, from_saved, neuron_axis, to_saved
 
 PREFIX = "ttt_"
@@ -296,9 +295,7 @@ class TTT(Routed, Strategy):
                 return reply_loss(self.model, batch, self.config.hard)
 
     def _precision(self):
-        """bfloat16 autocast for the training passes when asked (the weights and deltas stay float32)."""
-        enabled = self.config.precision == "bfloat16" or (self.config.precision == "auto" and fast_bfloat16(self.model.device))
-        return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return precision_autocast(self.config.precision, self.model.device)
 
     def beams(self, question: str) -> int:
         """`beams` where a part's patch acts; greedy where none does (the model is the base model there)."""

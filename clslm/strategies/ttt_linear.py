@@ -31,7 +31,6 @@ from torch import nn
 from ..documents import Document
 from ..errors import InputError
 from ..generation import sliding_window
-from ..machine import fast_bfloat16
 from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
@@ -43,7 +42,7 @@ from .packing import attention_mask_for, pack
 from .router import Routed, Router, threshold_option, top_option
 from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
 from .textbook import batches, build_examples, reply_loss
-from .training import descend, mean_loss
+from .training import descend, mean_loss, precision_autocast
 
 PREFIX = "fast_weight"
 CHANGE = "fast_weight_change."  # + document.layer: one document's change to W at one layer (saved)
@@ -213,10 +212,7 @@ class TTTLinear(Routed, Strategy):
         return loss.float() + self.anchor_penalty()
 
     def _precision(self):
-        """bfloat16 autocast for the training passes when asked (W and the answers stay float32)."""
-        c, device = self.config, self.model.device
-        enabled = c.precision == "bfloat16" or (c.precision == "auto" and fast_bfloat16(device))
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        return precision_autocast(self.config.precision, self.model.device)
 
     # ---- the delta rule ------------------------------------------------------------------------------
     def _delta_learn(self, data: list[dict], mask_id: int, generator: torch.Generator, on_step: StepCallback) -> int:

@@ -23,13 +23,12 @@ import torch
 
 from ...documents import Document
 from ...generation import sliding_window
-from ...machine import fast_bfloat16
 from ..anatomy import hidden_before, replay_prefix
 from ..base import Step, StepCallback
 from ..context_distillation import teach
 from ..packing import attention_mask_for, pack
 from ..textbook import batches, build_examples, reply_loss
-from ..training import PhaseClock, descend, mean_loss
+from ..training import PhaseClock, descend, mean_loss, precision_autocast
 from .lora import Factors, _truncate, applied, unwrap
 
 REPORT_BATCHES = 4  # batches the reported loss before/after is measured on
@@ -133,7 +132,5 @@ def _batches(model, tokenizer, document: Document, r: Refinement, clock: PhaseCl
 
 
 def _precision(model, precision: str):
-    """bfloat16 autocast where asked, or (auto) where this device multiplies bfloat16 natively."""
-    enabled = precision == "bfloat16" or (precision == "auto" and fast_bfloat16(model.device))
-    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=enabled)
+    return precision_autocast(precision, model.device)
 
