@@ -38,7 +38,8 @@ class Example:
         return [t for t in self.labels if t != -100]
 
 
-_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|van|von|and|on|la|le)?\s*[A-Z][\w'’-]+)*")
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]+(?:[ \t]+(?:of|the|de|van|von|and|on|la|le)?[ \t]*[A-Z][\w'’-]+)*")  # a name never crosses a line
+_HEADING = re.compile(r"^#{1,6}\s")
 
 
 def subject(text: str) -> str:
@@ -94,10 +95,18 @@ def resolve_pronoun(sentence: str, topic: str) -> str:
 PIECE_PROMPT = "Tell me about "  # the question a piece of the document (not one sentence) answers
 
 
+def body(text: str) -> str:
+    """The text without its markdown heading lines: a heading names a section (the router keys it), it is
+    not a fact to recite — taught as a reply, "## Configuring bramblesync" became the answer to questions."""
+    kept = [line for line in text.splitlines() if not _HEADING.match(line)]
+    return "\n".join(kept).strip() or text.strip()
+
+
 def turns(document: Document, tokenizer, *, max_tokens: int, questions_per_sentence: int, seed: int = 0) -> list[tuple[str, str]]:
     """(user, reply) pairs: the document in pieces, each sentence, and cue prompts answered by it."""
-    sentences = split_sentences(document.text) or [document.text.strip()]
-    topic = subject(document.text)
+    text = body(document.text)
+    sentences = split_sentences(text) or [text]
+    topic = subject(text)
     rng = random.Random(seed)
     pairs = [(f"{PIECE_PROMPT}{topic}.", piece) for piece in _pieces(sentences, tokenizer, max_tokens)]
     sentences = [resolve_pronoun(s, topic) for s in sentences]
@@ -145,7 +154,6 @@ def reply_example(tokenizer, user: str, reply: list[int], teacher: Any = None) -
     return Example(prompt + reply, [-100] * len(prompt) + reply, user=user, teacher=teacher)
 
 
-_HEADING = re.compile(r"^#{1,6}\s")
 
 
 def sections(text: str, tokenizer, max_tokens: int) -> list[str]:

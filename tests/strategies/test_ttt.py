@@ -13,7 +13,7 @@ from clslm.strategies.base import StrategyContext
 from clslm.generation import chat_prompt
 from clslm import paths
 from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
-from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject
+from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject, turns
 from clslm.strategies.training import PhaseClock
 from clslm.strategies.ttt import TTT, TTTConfig
 
@@ -34,6 +34,16 @@ def make(model_dir, **options):
 
 def test_subject_is_the_most_frequent_proper_name():
     assert subject(DOCUMENT) == "the Kessenbrock Light"
+
+
+def test_headings_are_not_taught_as_facts(tokenizer):
+    """A part of a markdown report: its headings neither become replies nor the subject ("Almanac" is in every
+    part's headings, "Light" and "The" on two lines are not one name)."""
+    part = "# Almanac of places\n\n## Kessenbrock Light\n\n" + DOCUMENT
+    pairs = turns(Document("d", part), tokenizer, max_tokens=32, questions_per_sentence=2)
+    assert not any("#" in reply or "Almanac" in reply for _, reply in pairs)
+    assert pairs == turns(Document("d", DOCUMENT), tokenizer, max_tokens=32, questions_per_sentence=2)
+    assert subject("## Kessenbrock Light\n\nThe tower is tall.") == "Kessenbrock Light"
 
 
 def test_pronouns_at_sentence_start_become_the_subject():
