@@ -1,7 +1,8 @@
 """`make demo`: learn the bundled two-page PDF report with ttt, then ask its questions, base vs learned.
 
 Each step is a separate `clslm` process, as a user would run it: the answers come from the saved
-session, with only the question in the prompt. The report (data/sample-report.pdf, about 1,500 tokens)
+session (one fresh process loads the model and the saved deltas once and answers every question), with
+only the question in the prompt. The report (data/sample-report.pdf, about 1,500 tokens)
 is made from data/sample-report.md by data/make_sample_pdf.py.
 """
 
@@ -23,11 +24,12 @@ SESSION = Path("sessions") / "demo"
 MAX_NEW_TOKENS = "40"  # as `clslm bench` answers: one sentence, and a runaway recitation stops sooner
 
 
-def clslm(*args: str) -> dict:
+def clslm(*args: str) -> list[dict]:
+    """The command's JSON lines (one object; `ask` with several questions writes one per question)."""
     result = subprocess.run([sys.executable, "-m", "clslm", *args, "--json"], stdout=subprocess.PIPE, text=True)
     if result.returncode:
         raise SystemExit(result.returncode)
-    return json.loads(result.stdout)
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def main() -> None:
@@ -37,14 +39,14 @@ def main() -> None:
     with as_file(files("clslm").joinpath("data/sample-report.pdf")) as sample:
         console.print(f"[bold]1. clslm learn {sample.name} --strategy ttt[/bold] (session {SESSION})")
         clslm("reset", "--yes", "-s", str(SESSION)) if (SESSION / "session.json").exists() else None
-        learned = clslm("learn", str(sample), "--strategy", "ttt", "-s", str(SESSION))
+        [learned] = clslm("learn", str(sample), "--strategy", "ttt", "-s", str(SESSION))
     doc = learned["documents"][0]
     console.print(f"   {doc['tokens']} tokens in {doc['extra'].get('parts', 1)} parts, loss {doc['loss_before']:.2f} → {doc['loss_after']:.2f}, {doc['seconds']:.0f} s, state {learned['state_bytes'] / 1e6:.1f} MB")
-    console.print("[bold]2. clslm ask QUESTION --compare-base[/bold] (a fresh process each; only the question is in the prompt)")
+    console.print("[bold]2. clslm ask QUESTION... --compare-base[/bold] (a fresh process; only the question is in the prompt)")
     table = Table("question", "base model", "after learning", "prompt tokens", show_lines=True)
     right = {"base": 0, "learned": 0}
-    for qa in questions:
-        answer = clslm("ask", qa["question"], "--compare-base", "--max-new-tokens", MAX_NEW_TOKENS, "-s", str(SESSION))
+    answers = clslm("ask", *[qa["question"] for qa in questions], "--compare-base", "--max-new-tokens", MAX_NEW_TOKENS, "-s", str(SESSION))
+    for qa, answer in zip(questions, answers):
         right["base"] += contains_answer(answer["base_answer"], qa["answers"])
         right["learned"] += contains_answer(answer["answer"], qa["answers"])
         table.add_row(qa["question"], answer["base_answer"], answer["answer"], str(answer["prompt_tokens"]))

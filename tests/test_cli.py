@@ -147,6 +147,23 @@ def test_ask_compare_base_no_deltas_and_show_prompt(capfd, session):
     assert on["answer"] == both["answer"]
 
 
+def test_ask_several_questions_one_json_line_each(capfd, session):
+    other = "Where does the Kessenbrock Light stand?"
+    common = ["-s", session, "--device", "cpu", "--max-new-tokens", "5"]
+    code, out, _ = run(capfd, "ask", QUESTION, other, *common, "--compare-base", "--json")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [r["question"] for r in lines] == [QUESTION, other]
+    for line, question in zip(lines, (QUESTION, other)):
+        alone = run_json(capfd, "ask", question, *common, "--compare-base")
+        assert (line["answer"], line["base_answer"]) == (alone["answer"], alone["base_answer"])
+
+
+def test_ask_several_questions_checks_all_before_answering(capfd, session):
+    code, out, err = run(capfd, "ask", QUESTION, " ", "-s", session, "--device", "cpu", "--max-new-tokens", "3")
+    assert code == 3 and out == "" and "one of the questions is empty" in err
+
+
 def test_ask_text_output(capfd, session):
     code, out, err = run(capfd, "ask", QUESTION, "-s", session, "--device", "cpu", "--max-new-tokens", "4", "--compare-base", "--show-prompt")
     assert code == 0

@@ -14,7 +14,7 @@ from .output import emit_json, err, out
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="The question; with ttt, ttt-linear, doc2lora and jitrl-full the document is [bold]not[/bold] in the prompt.", show_default=False)],
+    questions: Annotated[list[str], typer.Argument(help="The question (several: each answered in turn, the model loaded once); with ttt, ttt-linear, doc2lora and jitrl-full the document is [bold]not[/bold] in the prompt.", show_default=False)],
     *,
     session: SessionOpt = DEFAULT_SESSION,
     no_deltas: Annotated[bool, typer.Option("--no-deltas", help="Answer with the learned state switched off (the base model).")] = False,
@@ -30,16 +30,25 @@ def ask(
 
     ttt, ttt-linear, doc2lora and jitrl-full keep the document out of the prompt: only the question is in it.
     jitrl-mvp puts retrieved document chunks in the prompt, ace its playbook bullets; `--json` counts what
-    was added in context_tokens, and --show-prompt prints the exact prompt.
+    was added in context_tokens, and --show-prompt prints the exact prompt. With several questions, `--json`
+    writes one JSON object per line, one per question, in order.
     """
+    from ..errors import InputError
     from ..session import Session
 
+    if any(not q.strip() for q in questions):  # before any answer, not after some
+        raise InputError("the question is empty" if len(questions) == 1 else "one of the questions is empty")
     with Session.open(session, device=device, dtype=dtype, wait=wait) as s:
         if not s.documents and not no_deltas:
             err.line(f"note: nothing learned in {s.path} yet: this is the base model's answer (`clslm learn PATH` first)")
-        answer = s.ask(question, deltas=not no_deltas, max_new_tokens=max_new_tokens)
-        base = s.ask(question, deltas=False, max_new_tokens=max_new_tokens) if compare_base and not no_deltas else None
-        strategy, model = s.strategy_name, s.model_ref
+        for question in questions:
+            answer = s.ask(question, deltas=not no_deltas, max_new_tokens=max_new_tokens)
+            base = s.ask(question, deltas=False, max_new_tokens=max_new_tokens) if compare_base and not no_deltas else None
+            _show(question, answer, base, s.strategy_name, s.model_ref, show_prompt=show_prompt, as_json=as_json, heading=len(questions) > 1)
+
+
+def _show(question: str, answer, base, strategy: str, model: str, *, show_prompt: bool, as_json: bool, heading: bool) -> None:
+    """One question's answer: a JSON line, or the answer (and the base model's) on stdout, costs on stderr."""
     result = {
         "question": question,
         "answer": answer.text,
@@ -57,6 +66,8 @@ def ask(
     if as_json:
         emit_json(result)
         return
+    if heading:
+        out.print(f"[bold]question:[/bold] {question}", highlight=False)
     if show_prompt:
         err.heading("prompt")
         err.line(answer.prompt)
