@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .anatomy import decoder_layers, replay_prefix
+
 
 def reconstruction_loss(w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, anchor: float = 0.0, w0: torch.Tensor | None = None) -> torch.Tensor:
     """½ Σ_t ‖W k_t − v_t‖² + anchor · ‖W − W₀‖² (keys: n × d_k, values: n × d_out, W: d_out × d_k)."""
@@ -25,12 +27,13 @@ def reconstruction_loss(w: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     return loss + anchor * ((w - w0) ** 2).sum() if anchor and w0 is not None else loss
 
 
-def delta_step(w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lr: float, anchor: float = 0.0, w0: torch.Tensor | None = None) -> torch.Tensor:
-    """W after one gradient step of `reconstruction_loss`, in closed form."""
+def delta_step(w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lr: float, anchor: float = 0.0, w0: torch.Tensor | None = None, column_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """W after one gradient step of `reconstruction_loss`, in closed form (only in the columns `column_mask`
+    keeps, when given)."""
     grad = (keys @ w.T - values).T @ keys
     if anchor and w0 is not None:
         grad = grad + 2 * anchor * (w - w0)
-    return w - lr * grad
+    return w - lr * (grad if column_mask is None else grad * column_mask)
 
 
 def value_directions(model, token_ids: torch.Tensor) -> torch.Tensor:
@@ -57,3 +60,33 @@ def safe_lr(keys: torch.Tensor, lr: float, iterations: int = 8) -> float:
         largest = float(u.norm())
         v = u / max(largest, 1e-12)
     return lr / max(1.0, largest)
+
+
+def keys_and_values(strategy, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per fast layer of a ttt-linear `strategy`: the keys at the positions that predict a labelled token, and
+    their values (the next token's logit direction × value_scale × the residual stream's norm there ÷ the layer
+    count)."""
+    layers, norms = strategy.fast_layers(), {}
+    blocks = decoder_layers(strategy.model)
+    hooks = [blocks[i].register_forward_pre_hook(lambda mod, args, kwargs, i=i: norms.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).float().norm(dim=-1)), with_kwargs=True) for i in strategy.layer_ids]
+    for m in layers:
+        m.recorded = []
+    try:
+        with torch.no_grad(), strategy._precision():
+            hidden = batch.get("hidden")
+            run = lambda: strategy.model.get_decoder()(input_ids=batch["input_ids"], attention_mask=strategy._mask(batch), position_ids=batch.get("position_ids"), use_cache=False)  # noqa: E731
+            if hidden is None:
+                run()
+            else:
+                with replay_prefix(strategy.model, strategy.layer_ids[0], hidden):
+                    run()
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        directions = value_directions(strategy.model, targets[keep])
+        scale = strategy.config.value_scale / len(layers)
+        return [(m.recorded[0][:, :-1][keep].float(), directions * (scale * norms[i][:, :-1][keep])[:, None]) for i, m in zip(strategy.layer_ids, layers)]
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in layers:
+            m.recorded = None

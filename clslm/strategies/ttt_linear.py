@@ -8,8 +8,9 @@ a self-supervised loss on the tokens it reads):
 
 k(x) are the keys (sparse_keys.py): the hidden state itself (`keys=hidden`, which stores no facts: every
 token's key shares one large direction), the MLP's own intermediate activations kept to their top-k per
-token (`keys=mlp`: W acts as extra `down_proj` columns), or a sparse random lift of the centred hidden state
-with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss (`inner=adamw`: a share
+token (`keys=mlp`: W acts as extra `down_proj` columns), the same restricted to the neurons TF-IDF gating picks
+for each document (`keys=tfidf`, tfidf_keys.py: a document's change is a few `down_proj` columns), or a sparse
+random lift of the centred hidden state with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss (`inner=adamw`: a share
 `mask_ratio` of the reply tokens of the training text (textbook.py) is masked in the input and predicted),
 or the delta rule (`inner=delta`, delta_rule.py): one closed-form gradient step of a reconstruction loss per
 mini-batch, forward passes only. An anchor term λ·‖W − W₀‖² holds W near where the learn began. A TF-IDF
@@ -34,13 +35,14 @@ from ..generation import sliding_window
 from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
 from .base import DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
-from .delta_rule import delta_step, safe_lr, value_directions
+from .delta_rule import delta_step, keys_and_values, safe_lr
 from .forgetting import cannot
 from .masking import mask_replies, mask_token_id
 from .gating import general_corpus
 from .packing import attention_mask_for, pack
 from .router import Routed, Router, threshold_option, top_option
 from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
+from .tfidf_keys import column_state, from_column_state, key_neurons, placeholder_columns, restricted
 from .textbook import batches, build_examples, reply_loss
 from .training import descend, mean_loss, precision_autocast
 
@@ -53,8 +55,11 @@ REPORT_BATCHES = 4  # batches the reported loss before/after is measured on
 class TTTLinearConfig(StrategyConfig):
     """ttt-linear hyperparameters (-o KEY=VALUE)."""
 
-    keys: Literal["hidden", "mlp", "sdm"] = option("mlp", "what W reads: the MLP's input (hidden), its intermediate activations (mlp), or a sparse random lift of the centred input (sdm)")
-    top_k: int = option(0, "key features kept per token (mlp, sdm; 0 = all: with keys=mlp W is a change to down_proj)", min=0)
+    keys: Literal["hidden", "mlp", "tfidf", "sdm"] = option("mlp", "what W reads: the MLP's input (hidden), its intermediate activations (mlp; tfidf: only the neurons TF-IDF gating picks for the document, so its change is a few down_proj columns), or a sparse random lift of the centred input (sdm)")
+    top_k: int = option(0, "key features kept per token (mlp, sdm; 0 = all: with keys=mlp W is a change to down_proj; keys=tfidf takes all of its neurons)", min=0)
+    neurons_per_token: float = option(0.7, "with keys=tfidf: neurons per layer a document's change reads, per document token (at least 64; 0 = `neurons` exactly)", min=0)
+    neurons: int = option(0, "with keys=tfidf: at most this many neurons per layer (0 = no cap)", min=0)
+    fire_fraction: float = option(0.02, 'with keys=tfidf: a neuron "fires" on a token when in this top share of its layer (TF-IDF gating)', above=0, max=1)
     normalise: bool = option(True, "keys with top_k > 0 are scaled to unit length")
     sdm_dim: int = option(4096, "with keys=sdm: units of the random projection", min=1)
     sdm_fan_in: int = option(16, "with keys=sdm: input coordinates each unit reads", min=1)
@@ -90,6 +95,7 @@ class FastLinearMLP(nn.Module, DeltaModule):
         self.enabled = True
         self.route = True  # set per question by the router; not saved
         self.recorded: list[torch.Tensor] | None = None  # keys seen, while the delta rule records them
+        self.column_mask: torch.Tensor | None = None  # keys=tfidf, while learning: the columns W may change
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.enabled and self.route):
@@ -128,11 +134,13 @@ class TTTLinear(Routed, Strategy):
         # Each document's change to the fast weights, per layer; W is their sum (so one can be forgotten).
         # None: a session saved before they were kept (its W alone).
         self.changes: list[list[torch.Tensor]] | None = []
+        self.columns: list[list[torch.Tensor]] = []  # keys=tfidf: per document, per layer, the neurons its change wrote
 
     def _key_map(self, layer: int, width: int, intermediate: int) -> Keys:
         c = self.config
-        if c.keys == "mlp":
-            return MlpKeys(intermediate, c.top_k, c.normalise and c.top_k > 0)
+        if c.keys in ("mlp", "tfidf"):  # tfidf: every activation is read, only the document's neurons' columns learn
+            top_k = c.top_k if c.keys == "mlp" else 0
+            return MlpKeys(intermediate, top_k, c.normalise and top_k > 0)
         if c.keys == "sdm":
             return SdmKeys(width, c.sdm_dim, min(c.sdm_fan_in, width), c.top_k, c.seed + layer)
         return HiddenKeys(width)
@@ -160,15 +168,17 @@ class TTTLinear(Routed, Strategy):
         fixed = torch.Generator().manual_seed(c.seed + 1)  # the same masks before and after: comparable losses
         probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data[:: max(1, len(data) // REPORT_BATCHES)]]
         loss_before = mean_loss(probe, self._objective)
-        if c.inner == "delta":
-            steps, skipped = self._delta_learn(data, mask_id, generator, on_step), 0
-        else:
-            steps, skipped = descend(
-                self.name, [m.fast_weight for m in self.fast_layers()], data,
-                lambda b: self._objective(mask_replies(b, c.mask_ratio, mask_id, generator)),
-                epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
-            )  # fmt: skip
-        self._keep_change()
+        columns = key_neurons(self, document.text) if c.keys == "tfidf" else None
+        with restricted(self.fast_layers(), columns):
+            if c.inner == "delta":
+                steps, skipped = self._delta_learn(data, mask_id, generator, on_step), 0
+            else:
+                steps, skipped = descend(
+                    self.name, [m.fast_weight for m in self.fast_layers()], data,
+                    lambda b: self._objective(mask_replies(b, c.mask_ratio, mask_id, generator)),
+                    epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
+                )  # fmt: skip
+        self._keep_change(columns)
         loss_after = mean_loss(probe, self._objective)
         moved = sum(float(change.norm()) for change in self.changes[-1]) if self.changes else 0.0
         return LearnReport(
@@ -178,7 +188,8 @@ class TTTLinear(Routed, Strategy):
             loss_before=loss_before,
             loss_after=loss_after,
             seconds=round(time.perf_counter() - started, 2),
-            extra={"steps": steps, "skipped_steps": skipped, "layers": len(self.layer_ids), "weight_change": round(moved, 4)},
+            extra={"steps": steps, "skipped_steps": skipped, "layers": len(self.layer_ids), "weight_change": round(moved, 4)}
+            | ({"neurons": sum(int(i.numel()) for i in columns)} if columns else {}),
         )
 
     def _batches(self, document: Document) -> list[dict]:
@@ -222,40 +233,12 @@ class TTTLinear(Routed, Strategy):
         for _ in range(c.epochs):
             for j in torch.randperm(len(data), generator=order).tolist():
                 batch = mask_replies(data[j], c.mask_ratio, mask_id, generator)
-                for m, w0, (keys, values) in zip(self.fast_layers(), self.anchors, self.keys_and_values(batch)):
+                for m, w0, (keys, values) in zip(self.fast_layers(), self.anchors, keys_and_values(self, batch)):
                     for k, v in zip(keys.split(c.delta_chunk), values.split(c.delta_chunk)):  # TTT's mini-batches, in order
-                        m.fast_weight.data = delta_step(m.fast_weight.data, k, v, safe_lr(k, c.delta_lr), c.anchor, w0)
+                        m.fast_weight.data = delta_step(m.fast_weight.data, k, v, safe_lr(k, c.delta_lr), c.anchor, w0, m.column_mask)
                 step += 1
                 on_step(Step(step, c.epochs * len(data)))
         return step
-
-    def keys_and_values(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per fast layer: the keys at the positions that predict a labelled token, and their values (the
-        next token's logit direction × value_scale × the residual stream's norm there ÷ the layer count)."""
-        layers, norms = self.fast_layers(), {}
-        blocks = decoder_layers(self.model)
-        hooks = [blocks[i].register_forward_pre_hook(lambda mod, args, kwargs, i=i: norms.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).float().norm(dim=-1)), with_kwargs=True) for i in self.layer_ids]
-        for m in layers:
-            m.recorded = []
-        try:
-            with torch.no_grad(), self._precision():
-                hidden = batch.get("hidden")
-                run = lambda: self.model.get_decoder()(input_ids=batch["input_ids"], attention_mask=self._mask(batch), position_ids=batch.get("position_ids"), use_cache=False)  # noqa: E731
-                if hidden is None:
-                    run()
-                else:
-                    with replay_prefix(self.model, self.layer_ids[0], hidden):
-                        run()
-            targets = batch["labels"][:, 1:]
-            keep = targets != -100
-            directions = value_directions(self.model, targets[keep])
-            scale = self.config.value_scale / len(layers)
-            return [(m.recorded[0][:, :-1][keep].float(), directions * (scale * norms[i][:, :-1][keep])[:, None]) for i, m in zip(self.layer_ids, layers)]
-        finally:
-            for h in hooks:
-                h.remove()
-            for m in layers:
-                m.recorded = None
 
     # ---- routing -------------------------------------------------------------------------------
     def matches(self, question: str) -> bool:
@@ -291,10 +274,12 @@ class TTTLinear(Routed, Strategy):
                 self._sum_changes()
 
     # ---- each document's change, forgetting one ---------------------------------------------------
-    def _keep_change(self) -> None:
-        """Record this learn's change to W (rounded as it is stored), then set W to the sum of the changes."""
+    def _keep_change(self, columns: list[torch.Tensor] | None = None) -> None:
+        """Record this learn's change to W (rounded as it is stored) and the columns it may write (keys=tfidf),
+        then set W to the sum of the changes."""
         if self.changes is None:
             return
+        self.columns += [columns] if columns is not None else []
         dtype = getattr(torch, self.config.state_dtype)
         self.changes.append([(m.fast_weight - w0).detach().to(dtype).float() for m, w0 in zip(self.fast_layers(), self.anchors)])
         self._sum_changes()
@@ -314,6 +299,7 @@ class TTTLinear(Routed, Strategy):
         if self.changes is None and len(documents) > 1:
             raise cannot(self.name, "it was learned before clslm kept each document's change to the fast weights")
         self.changes = [c for i, c in enumerate(self.changes or []) if i != position]
+        del self.columns[position : position + 1]
         self.router.remove(position)
         self._sum_changes()
 
@@ -324,6 +310,8 @@ class TTTLinear(Routed, Strategy):
         if self.changes is None:
             return super().state_dict()
         dtype = getattr(torch, self.config.state_dtype)
+        if self.config.keys == "tfidf":  # each change as the columns it wrote
+            return column_state(self.changes, self.columns, CHANGE, dtype)
         return {f"{CHANGE}{d}.{i}": w.to(dtype).cpu().contiguous() for d, change in enumerate(self.changes) for i, w in enumerate(change)}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -333,11 +321,15 @@ class TTTLinear(Routed, Strategy):
         if set(tensors) != expected:
             raise InputError(f"{self.name}: saved changes {sorted(set(tensors) ^ expected)[:2]} do not fit the model")
         device = self.fast_layers()[0].fast_weight.device
+        if self.config.keys == "tfidf":
+            self.changes, self.columns = from_column_state(tensors, CHANGE, self.changes)
+            return self._sum_changes()
         self.changes = [[tensors[f"{CHANGE}{d}.{i}"].float().to(device) for i in range(len(change))] for d, change in enumerate(self.changes)]
         self._sum_changes()
 
     def extra_state(self) -> dict:
         changes = {} if self.changes is None else {"changes": len(self.changes)}
+        changes |= {"columns": [[int(i.numel()) for i in doc] for doc in self.columns]} if self.config.keys == "tfidf" else {}
         return {"keys": self.router.to_json()} | changes if len(self.router) else {}
 
     def load_extra_state(self, state: dict) -> None:
@@ -349,11 +341,14 @@ class TTTLinear(Routed, Strategy):
         if not (is_int(count) and count == len(self.router)):
             raise ValueError(f"changes must be the number of documents ({len(self.router)}), not {count!r}")
         self.changes = [[torch.zeros_like(m.fast_weight) for m in self.fast_layers()] for _ in range(count)]  # filled by load_state_dict
+        if self.config.keys == "tfidf":
+            self.columns = placeholder_columns(state.get("columns"), count, self.fast_layers())
 
     # ---- export --------------------------------------------------------------------------------
     def foldable(self) -> bool:
-        """W·k is a change to down_proj exactly when k is the MLP's own intermediate activations, whole."""
-        return self.config.keys == "mlp" and self.config.top_k == 0
+        """W·k is a change to down_proj exactly when k is the MLP's own intermediate activations, whole (keys=tfidf
+        reads them whole too; only which columns learn differs)."""
+        return self.config.keys == "tfidf" or (self.config.keys == "mlp" and self.config.top_k == 0)
 
     def cannot_export(self, format: str) -> str | None:
         if self.foldable() and format == "merged":

@@ -1,4 +1,4 @@
-"""ttt-linear's selective keys, its delta-rule inner loop and its merged export (keys=mlp, top_k=0)."""
+"""ttt-linear's selective keys, its delta-rule inner loop and its merged export (keys=mlp, top_k=0; keys=tfidf)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from clslm.documents import Document
 from clslm.generation import generate
 from clslm.session import Session
 from clslm.strategies.base import parse_options
-from clslm.strategies.delta_rule import delta_step, reconstruction_loss, safe_lr
+from clslm.strategies.delta_rule import delta_step, keys_and_values, reconstruction_loss, safe_lr
+from clslm.strategies.gating import calibrate_idf, neuron_activations, select_neurons
 from clslm.strategies.sparse_keys import MlpKeys, SdmKeys, top_k_sparse
 from clslm.strategies.textbook import batches, build_examples
+from clslm.strategies.tfidf_keys import key_neurons, neuron_count
 from clslm.strategies.ttt_linear import TTTLinear
 
 from conftest import DOCUMENT, fast_options
@@ -72,7 +74,7 @@ def test_the_fast_layers_read_the_keys_as_configured(llama_dir, keys):
         assert (nonzeros(seen) == 6).all()
 
 
-@pytest.mark.parametrize("keys", ["mlp", "sdm", "hidden"])
+@pytest.mark.parametrize("keys", ["mlp", "tfidf", "sdm", "hidden"])
 def test_zero_fast_weights_are_bit_identical_to_the_base_model(model_dir, keys):
     strategy = make(model_dir, keys=keys, sdm_dim="256")
     base, tokenizer, _ = load(model_dir)
@@ -88,7 +90,7 @@ def test_delta_step_is_one_gradient_step_of_the_reconstruction_loss(llama_dir):
     with torch.no_grad():
         layer.fast_weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     w0 = torch.zeros_like(layer.fast_weight)
-    ((keys, values),) = strategy.keys_and_values(batch)
+    ((keys, values),) = keys_and_values(strategy, batch)
     assert keys.shape[0] == values.shape[0] == int((batch["labels"][:, 1:] != -100).sum())
     w = layer.fast_weight.detach().clone().requires_grad_(True)
     reconstruction_loss(w, keys, values, 0.3, w0).backward()
@@ -125,10 +127,47 @@ def test_route_top_answers_with_the_best_documents_change_alone(llama_dir):
     assert torch.allclose(layer.fast_weight, first + second)  # outside a question: every document's change
 
 
-def test_merged_export_of_whole_mlp_keys_answers_as_clslm_ask(tmp_path, llama_dir):
+TFIDF = {"keys": "tfidf", "neurons_per_token": "0", "neurons": "8"}
+
+
+def test_neuron_count_grows_with_the_document_within_its_floor_and_cap():
+    assert neuron_count(10, 0.7, 0) == 64 and neuron_count(200, 0.7, 0) == 140
+    assert neuron_count(200, 0.7, 100) == 100 and neuron_count(200, 0, 8) == 8
+
+
+@pytest.mark.parametrize("inner", ["adamw", "delta"])
+def test_tfidf_keys_a_documents_change_reads_exactly_its_gated_neurons(llama_dir, inner):
+    strategy = make(llama_dir, **TFIDF, inner=inner, delta_lr="1", value_scale="4")
+    (layer_id,) = strategy.layer_ids
+    # The neurons TF-IDF gating picks for the document, computed here from gating.py's parts on the base model.
+    base, tokenizer, _ = load(llama_dir, "float32")
+    idf = calibrate_idf(base, tokenizer, [layer_id], 0.02)[layer_id]
+    expected = select_neurons(neuron_activations(base, tokenizer, [DOCUMENT], [layer_id], chat=False)[layer_id], idf, 8, 0.02)
+    assert torch.equal(key_neurons(strategy, DOCUMENT)[0], expected) and expected.numel() == 8
+    report = strategy.learn(Document(name="k", text=DOCUMENT))
+    assert report.extra["neurons"] == 8 and report.extra["weight_change"] > 0
+    ((change,),) = strategy.changes
+    written = (change != 0).any(0).nonzero().flatten()
+    assert torch.equal(written, expected)  # every picked neuron's column learned, no other column moved
+    # So the change reads those neurons' activations and nothing else: W·h = W[:, picked] · h[picked].
+    h = torch.randn(5, change.shape[1])
+    assert torch.allclose(h @ change.T, h[:, expected] @ change[:, expected].T)
+    # Saved as its columns alone, and loaded back to the same W.
+    state = strategy.state_dict()
+    assert state["fast_weight_change.0.0"].shape == (change.shape[0], 8) and state["fast_weight_columns.0.0"].tolist() == expected.tolist()
+    (layer,) = strategy.fast_layers()
+    before = layer.fast_weight.detach().clone()
+    with torch.no_grad():
+        layer.fast_weight.zero_()
+    strategy.load_state_dict(state)
+    assert torch.equal(layer.fast_weight, before)
+
+
+@pytest.mark.parametrize("options", [{"top_k": "0"}, TFIDF], ids=["mlp", "tfidf"])
+def test_merged_export_of_whole_mlp_keys_answers_as_clslm_ask(tmp_path, llama_dir, options):
     from transformers import AutoModelForCausalLM
 
-    options = fast_options("ttt-linear") | {"top_k": "0"}
+    options = fast_options("ttt-linear") | options
     with Session.create(tmp_path / "session", model=str(llama_dir), strategy="ttt-linear", options=options, device="cpu") as s:
         s.learn([Document("kessenbrock", DOCUMENT)])
     session = Session.open(tmp_path / "session", device="cpu")
