@@ -221,22 +221,36 @@ def batches(examples: list[Example], batch_size: int, pad_id: int) -> list[dict[
     return out
 
 
+def training_vocab(examples: list[Example], common: int, size: int) -> torch.Tensor:
+    """Sorted token ids a training softmax may run over: every id of the examples plus the `common` lowest
+    ids (byte-level BPE numbers its merges about in order of frequency), so frequent words stay competitors.
+    The LM head costs as much per reply token as several decoder layers; over a few thousand ids it is cheap."""
+    ids = {t for e in examples for t in e.input_ids} | set(range(min(common, size)))
+    return torch.tensor(sorted(i for i in ids if i < size))
+
+
 def reply_loss(model, batch: dict[str, torch.Tensor], hard: float = 1.0) -> torch.Tensor:
     """Loss over the labelled positions, running the LM head only there (the vocabulary projection costs
     as much as several decoder layers; prompt positions need none).
 
     Next-token cross-entropy; with teacher targets in the batch, KL(teacher ‖ student) plus `hard` times
-    the cross-entropy.
+    the cross-entropy. With `vocab` in the batch (training_vocab), the softmax runs over those ids only.
     """
     mask = attention_mask_for(model, batch["attention_mask"], model.dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    head, vocab = model.get_output_embeddings(), batch.get("vocab")
+    if vocab is None:
+        logits, target = head(hidden[:, :-1][keep]).float(), targets[keep]
+    else:  # the softmax over `vocab` only (sorted ids holding every target)
+        bias = None if head.bias is None else head.bias[vocab]
+        logits = torch.nn.functional.linear(hidden[:, :-1][keep], head.weight[vocab], bias).float()
+        target = torch.searchsorted(vocab, targets[keep])
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    cross_entropy = torch.nn.functional.cross_entropy(logits, targets[keep])
+    cross_entropy = torch.nn.functional.cross_entropy(logits, target)
     if "teacher_indices" not in batch:
         return cross_entropy
     kl = distillation_loss(logits, batch["teacher_indices"], batch["teacher_logprobs"])

@@ -29,13 +29,14 @@ from torch import nn
 from ..documents import Document
 from ..generation import sliding_window
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import Adapter, DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
+from .base import Adapter, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
 from .forgetting import reported_counts, share
+from .neuron_patch import DualMLP, NeuronPatch
 from .packing import attention_mask_for, pack
 from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
 from .context_distillation import answer, teach
-from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections
+from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections, training_vocab
 from .training import PhaseClock, descend, mean_loss, precision_autocast
 from .ttt_state import as_stored, check_patches, from_saved, neuron_axis, to_saved
 
@@ -72,6 +73,7 @@ class TTTConfig(StrategyConfig):
     pack: bool = option(True, "run each training batch as one sequence: the chat header once, every example attending to it and to itself (the same loss as padded rows, about a quarter fewer tokens)")
     prefix_cache: bool = option(True, "run the frozen layers once per example, not at every step (same loss and gradients, fewer seconds)")
     beams: int = option(2, "beam width when answering a question a part's patch acts on (1: greedy; the patch's most likely recitation is often not greedy's)", min=1, max=16)
+    vocab: int = option(0, "the training softmax runs over the part's own tokens plus this many common ones (0: the whole vocabulary; ignored when distilling)", min=0)
     chunk_tokens: int = option(768, "a document is learned in parts (its markdown sections, cut to at most about this many tokens), each routed on its own (0: whole; else >= 64)")
 
     # -o preset=NAME: recipes to compare with the defaults (docs/benchmarks.md has them side by side)
@@ -87,59 +89,6 @@ class TTTConfig(StrategyConfig):
     def __post_init__(self):
         super().__post_init__()
         self.check(self.chunk_tokens == 0 or self.chunk_tokens >= 64, "chunk_tokens must be 0 (whole document) or >= 64")
-
-
-class NeuronPatch(nn.Module):
-    """Trainable deltas for `index` neurons of one gated MLP (one document's share)."""
-
-    def __init__(self, index: torch.Tensor, hidden: int, alpha: float, dtype: torch.dtype):
-        super().__init__()
-        k = index.numel()
-        self.register_buffer("index", index.clone())
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
-        self.route = 1.0  # set per question by the router; not saved
-        self.gate = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
-        self.up = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
-        self.down = nn.Parameter(torch.zeros(hidden, k, dtype=dtype))
-
-    def patched_forward(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
-        """mlp'(x): the MLP with this patch's deltas added to its neurons' rows and columns."""
-        i = self.index
-        gate = mlp.gate_proj.weight.index_add(0, i, self.gate)
-        up = mlp.up_proj.weight.index_add(0, i, self.up)
-        down = mlp.down_proj.weight.index_add(1, i, self.down)
-        return (mlp.act_fn(x @ gate.T) * (x @ up.T)) @ down.T
-
-    def forward(self, x: torch.Tensor, mlp: nn.Module, mlp_out: torch.Tensor) -> torch.Tensor:
-        """alpha · (mlp'(x) − mlp(x)), the change this patch makes (`mlp_out` is mlp(x))."""
-        i = self.index
-        if i.numel() == mlp.down_proj.weight.shape[1]:  # every neuron: the frozen part is mlp(x) itself
-            return self.alpha * (self.patched_forward(x, mlp) - mlp_out)
-        w_gate, w_up, w_down = mlp.gate_proj.weight[i], mlp.up_proj.weight[i], mlp.down_proj.weight[:, i]
-        old_out = (mlp.act_fn(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
-        new = mlp.act_fn(x @ (w_gate + self.gate).T) * (x @ (w_up + self.up).T)
-        return self.alpha * (new @ (w_down + self.down).T - old_out)
-
-
-class DualMLP(nn.Module, DeltaModule):
-    """The frozen MLP plus the documents' neuron patches."""
-
-    def __init__(self, mlp: nn.Module):
-        super().__init__()
-        self.mlp = mlp
-        self.ttt_patches = nn.ModuleList()
-        self.enabled = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = [p for p in self.ttt_patches if p.route] if self.enabled else []
-        if len(active) == 1 and float(active[0].alpha) == 1.0:
-            # mlp(x) + 1·(mlp'(x) − mlp(x)) is mlp'(x): one MLP pass instead of two (the common case)
-            return active[0].patched_forward(x, self.mlp)
-        mlp_out = self.mlp(x)
-        y = mlp_out
-        for patch in active:
-            y = y + patch(x, self.mlp, mlp_out)
-        return y
 
 
 class TTT(Routed, Strategy):
@@ -218,16 +167,16 @@ class TTT(Routed, Strategy):
             # With routing, a part's copy answers alone, so it is trained with the others switched off.
             alone = {self.documents_learned - 1} if c.route_threshold > 0 else set(range(self.documents_learned))
             with self._only(alone):
-                loss_fn = partial(self._loss, start=self.layer_ids[0])
+                loss_fn, report = partial(self._loss, start=self.layer_ids[0]), partial(self._loss, start=self.layer_ids[0], full=True)
                 with clock("loss before/after"):
-                    before.append(mean_loss(data, loss_fn, at_most=REPORT_BATCHES))
+                    before.append(mean_loss(data, report, at_most=REPORT_BATCHES))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
                     epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
                 with clock("loss before/after"):
-                    after.append(mean_loss(data, loss_fn, at_most=REPORT_BATCHES))
+                    after.append(mean_loss(data, report, at_most=REPORT_BATCHES))
             steps, skipped = steps + n, skipped + bad
         tokens = len(self.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         return LearnReport(
@@ -256,6 +205,10 @@ class TTT(Routed, Strategy):
             window = getattr(self.model.config, "sliding_window", None) if sliding_window(self.model) else None
             data = [pack(b, window) for b in data]
         data = [{k: v.to(self.model.device) for k, v in b.items()} for b in data]
+        if c.vocab and c.objective != "distill":
+            vocab = training_vocab(examples, c.vocab, self.model.get_output_embeddings().weight.shape[0]).to(self.model.device)
+            for b in data:
+                b["vocab"] = vocab
         with clock("frozen layers"), self._precision():
             for b in data:
                 mask = attention_mask_for(self.model, b["attention_mask"], self.model.dtype)
@@ -287,7 +240,9 @@ class TTT(Routed, Strategy):
                 for part, p in patch.named_parameters():
                     p.copy_(as_stored(p, self.config.state_dtype, neuron_axis(part)))
 
-    def _loss(self, batch: dict, start: int) -> torch.Tensor:
+    def _loss(self, batch: dict, start: int, full: bool = False) -> torch.Tensor:
+        """The training loss of a batch (`full`: over the whole vocabulary, as the reported loss is)."""
+        batch = {k: v for k, v in batch.items() if k != "vocab"} if full else batch
         with self._precision():
             if batch["hidden"] is None:
                 return reply_loss(self.model, batch, self.config.hard)

@@ -13,7 +13,7 @@ from clslm.strategies.base import StrategyContext
 from clslm.generation import chat_prompt
 from clslm import paths
 from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
-from clslm.strategies.textbook import build_examples, content_words, cues, resolve_pronoun, sections, subject, turns
+from clslm.strategies.textbook import batches, build_examples, content_words, cues, reply_loss, resolve_pronoun, sections, subject, training_vocab, turns
 from clslm.strategies.training import PhaseClock
 from clslm.strategies.ttt import TTT, TTTConfig
 
@@ -73,6 +73,23 @@ def test_examples_take_loss_on_the_reply_only(tokenizer):
 
 
 # ---- gating --------------------------------------------------------------------------------------
+
+
+def test_the_training_softmax_over_a_vocabulary_is_the_full_one_restricted_to_it(llama_dir):
+    model, tokenizer, _ = load(llama_dir)
+    examples = build_examples(Document("d", DOCUMENT), tokenizer, max_tokens=32, questions_per_sentence=2)
+    size = model.get_output_embeddings().weight.shape[0]
+    batch = batches(examples[:4], 4, tokenizer.pad_token_id)[0]
+    vocab = training_vocab(examples, 16, size)
+    assert set(vocab.tolist()) == set(range(16)) | {t for e in examples for t in e.input_ids if t < size}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        expected = torch.nn.functional.cross_entropy(logits[keep][:, vocab], torch.searchsorted(vocab, targets[keep]))
+        assert torch.allclose(reply_loss(model, {**batch, "vocab": vocab}), expected, atol=1e-5)
+        assert torch.allclose(reply_loss(model, {**batch, "vocab": torch.arange(size)}), reply_loss(model, batch), atol=1e-5)
+        assert reply_loss(model, {**batch, "vocab": vocab}) < reply_loss(model, batch)  # fewer competitors
 
 
 def test_gating_masks_exactly_the_unselected_neurons(llama_dir):
