@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/ttt_sweep.py dev-01,dev-03,dev-05 'objective=next-token' 'epochs=3,lr=4e-3'
     .venv/bin/python benchmarks/ttt_sweep.py --strategy doc2lora dev-01,dev-02 '' 'objective=distill'
 Each variant learns each document in a fresh copy of the model (as `bench --mode independent` does) and asks
-its questions; `-v` prints every answer with the part the router chose.
+its questions; `-v` prints every answer with the part the router chose. Learn time is wall clock and process
+CPU time (CPU-s: robust to other jobs on the machine when OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def main() -> None:
         options = dict(item.split("=", 1) for item in variant.split(",") if item)
         config = parse_options(strategy_cls.Config, options)
         hits = total = 0
-        seconds = tokens = state = 0.0
+        seconds = cpu = tokens = state = 0.0
         for doc_id in args.ids.split(","):
             record = records[doc_id]
             strategy = strategy_cls(copy.deepcopy(base), tokenizer, config, StrategyContext(source.fingerprint, cache_dir=clslm_home()))
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             report = strategy.learn(Document(doc_id, record.document))
-            seconds += time.perf_counter() - start
+            seconds, cpu = seconds + time.perf_counter() - start, cpu + time.process_time() - cpu_start
             tokens += report.tokens
             state += sum(t.numel() * t.element_size() for t in strategy.state_dict().values())
             doc_hits = 0
@@ -55,7 +56,7 @@ def main() -> None:
                     print(f"    {'+' if hit else '-'} {strategy.active_documents(qa.question)} {qa.question[:50]} -> {answer[:70]!r}", flush=True)
             hits, total = hits + doc_hits, total + len(record.qa)
             print(f"  {doc_id}: {doc_hits}/{len(record.qa)} {report.seconds}s {report.tokens}tok {report.extra.get('phase_seconds')} parts {report.extra.get('parts')} steps {report.extra.get('steps')} loss {report.loss_before}->{report.loss_after}", flush=True)
-        print(f"[{variant}] {hits}/{total}  {seconds / tokens * 1000:.1f} s/1k tokens  {state / tokens * 1000 / 1e6:.2f} MB/1k tokens", flush=True)
+        print(f"[{variant}] {hits}/{total}  {seconds / tokens * 1000:.1f} s/1k tokens ({cpu / tokens * 1000:.1f} CPU-s)  {state / tokens * 1000 / 1e6:.2f} MB/1k tokens", flush=True)
 
 
 if __name__ == "__main__":

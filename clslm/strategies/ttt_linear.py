@@ -8,14 +8,15 @@ a self-supervised loss on the tokens it reads):
 
 k(x) are the keys (sparse_keys.py): the hidden state itself (`keys=hidden`, which stores no facts: every
 token's key shares one large direction), the MLP's own intermediate activations kept to their top-k per
-token (`keys=mlp`: W acts as extra `down_proj` columns), the same restricted to the neurons TF-IDF gating picks
-for each document (`keys=tfidf`, tfidf_keys.py: a document's change is a few `down_proj` columns), or a sparse
-random lift of the centred hidden state with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss (`inner=adamw`: a share
-`mask_ratio` of the reply tokens of the training text (textbook.py) is masked in the input and predicted),
-or the delta rule (`inner=delta`, delta_rule.py): one closed-form gradient step of a reconstruction loss per
-mini-batch, forward passes only. An anchor term λ·‖W − W₀‖² holds W near where the learn began. A TF-IDF
-router (router.py) switches W on only for questions that match a learned document; with `route_top` ≥ 1
-only the best-matching documents' changes to W act (each document's change is kept, so W can be rebuilt).
+token (`keys=mlp`: W acts as extra `down_proj` columns), the same with each document's change restricted to
+the columns of the neurons TF-IDF gating picks for it (`keys=tfidf`, tfidf_keys.py), or a sparse random lift
+of the centred hidden state with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss
+(`inner=adamw`: a share `mask_ratio` of the reply tokens of the training text (textbook.py) is masked in the
+input and predicted), or the delta rule (`inner=delta`, delta_rule.py): one closed-form gradient step of a
+reconstruction loss per mini-batch, forward passes only. An anchor term λ·‖W − W₀‖² holds W near where the
+learn began. A TF-IDF router (router.py) switches W on only for questions that match a learned document;
+with `route_top` ≥ 1 only the best-matching documents' changes to W act (each document's change is kept, so
+W can be rebuilt).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .packing import attention_mask_for, pack
 from .router import Routed, Router, threshold_option, top_option
 from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
 from .tfidf_keys import column_state, from_column_state, key_neurons, placeholder_columns, restricted
-from .textbook import batches, build_examples, reply_loss
+from .textbook import batches, build_examples, reply_loss, training_vocab
 from .training import descend, mean_loss, precision_autocast
 
 PREFIX = "fast_weight"
@@ -72,6 +73,7 @@ class TTTLinearConfig(StrategyConfig):
     layers: float = option(0.125, "fraction of decoder layers (the last ones) with a fast-weight layer", above=0, max=1)
     mask_ratio: float = option(0.0, "share of reply tokens masked in the input and predicted (0: plain next-token loss)", min=0, max=1)
     anchor: float = option(0.0, "λ of the anchor term λ·‖W − W₀‖² (summed over layers)", min=0)
+    vocab: int = option(0, "the training softmax runs over the document's own tokens plus this many common ones (0: the whole vocabulary); the reported loss stays over the whole vocabulary", min=0)
     max_tokens: int = option(96, "longest document piece in one training example", min=8)
     questions: int = option(3, "cue prompts per sentence")
     batch_size: int = option(8, "training examples per step", min=1)
@@ -166,7 +168,7 @@ class TTTLinear(Routed, Strategy):
         generator = torch.Generator().manual_seed(c.seed)
         mask_id = mask_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
         fixed = torch.Generator().manual_seed(c.seed + 1)  # the same masks before and after: comparable losses
-        probe = [mask_replies(b, c.mask_ratio, mask_id, fixed) for b in data[:: max(1, len(data) // REPORT_BATCHES)]]
+        probe = [{k: v for k, v in mask_replies(b, c.mask_ratio, mask_id, fixed).items() if k != "vocab"} for b in data[:: max(1, len(data) // REPORT_BATCHES)]]
         loss_before = mean_loss(probe, self._objective)
         columns = key_neurons(self, document.text) if c.keys == "tfidf" else None
         with restricted(self.fast_layers(), columns):
@@ -202,7 +204,9 @@ class TTTLinear(Routed, Strategy):
             window = getattr(self.model.config, "sliding_window", None) if sliding_window(self.model) else None
             data = [pack(b, window) for b in data]
         data = [{k: v.to(self.model.device) for k, v in b.items()} for b in data]
+        vocab = training_vocab(examples, c.vocab, self.model.get_output_embeddings().weight.shape[0]).to(self.model.device) if c.vocab else None
         for b in data:
+            b |= {"vocab": vocab} if vocab is not None else {}
             if c.mask_ratio <= 0:
                 with self._precision():
                     b["hidden"] = hidden_before(self.model, self.layer_ids[0], b["input_ids"], self._mask(b), b.get("position_ids"))

@@ -181,3 +181,12 @@ def test_merged_export_of_whole_mlp_keys_answers_as_clslm_ask(tmp_path, llama_di
         assert not torch.equal(exported.model.layers[-1].mlp.down_proj.weight, strategy.model.model.layers[-1].mlp.mlp.down_proj.weight)
     # The exported model, answering the way clslm ask does (the same beams), without clslm's strategy.
     assert generate(exported, strategy.tokenizer, QUESTION, beams=strategy.beams(QUESTION)).text == asked
+
+
+def test_vocab_restricts_the_training_softmax_but_not_the_reported_loss(llama_dir):
+    full = make(llama_dir, epochs="1").learn(Document(name="k", text=DOCUMENT))
+    strategy = make(llama_dir, epochs="1", vocab="16")
+    data = strategy._batches(Document(name="k", text=DOCUMENT))
+    assert all("vocab" in b and b["vocab"].numel() < strategy.model.get_output_embeddings().weight.shape[0] for b in data)
+    report = strategy.learn(Document(name="k", text=DOCUMENT))
+    assert report.loss_before == full.loss_before and report.loss_after < report.loss_before
