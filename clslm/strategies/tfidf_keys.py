@@ -46,26 +46,27 @@ def key_neurons(strategy, text: str) -> list[torch.Tensor]:
 
 @contextmanager
 def restricted(layers: list, columns: list[torch.Tensor] | None) -> Iterator[None]:
-    """While inside, each fast layer's W learns only in `columns` (its neurons' `down_proj` columns): W's
-    gradient is masked there (AdamW) and `layer.column_mask` is set (the delta rule masks its step by it).
-    None: no restriction."""
+    """While inside, each fast layer's W learns only in `columns` (its neurons' `down_proj` columns): its
+    `column_mask` is set, through which the layer's forward lets W's gradient reach those columns only
+    (`only_columns`) and the delta rule masks its step. None: no restriction."""
     if columns is None:
         yield
         return
-    hooks = []
     for layer, index in zip(layers, columns):
         w = layer.fast_weight
-        mask = torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
-        mask[index.to(w.device)] = 1
-        layer.column_mask = mask
-        hooks.append(w.register_hook(lambda grad, mask=mask: grad * mask))
+        layer.column_mask = torch.zeros(w.shape[1], dtype=w.dtype, device=w.device).index_fill_(0, index.to(w.device), 1)
     try:
         yield
     finally:
-        for hook in hooks:
-            hook.remove()
         for layer in layers:
             layer.column_mask = None
+
+
+def only_columns(w: torch.Tensor, column_mask: torch.Tensor | None) -> torch.Tensor:
+    """W itself (bit for bit: x·1 + 0 and 0 + x·1), with a gradient only in the columns `column_mask` keeps."""
+    if column_mask is None:
+        return w
+    return w * column_mask + (w * (1 - column_mask)).detach()
 
 
 def column_state(changes: list[list[torch.Tensor]], columns: list[list[torch.Tensor]], prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ from .gating import general_corpus
 from .packing import attention_mask_for, pack
 from .router import Routed, Router, threshold_option, top_option
 from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
-from .tfidf_keys import column_state, from_column_state, key_neurons, placeholder_columns, restricted
+from .tfidf_keys import column_state, from_column_state, key_neurons, only_columns, placeholder_columns, restricted
 from .textbook import batches, build_examples, reply_loss, training_vocab
 from .training import descend, mean_loss, precision_autocast
 
@@ -106,7 +106,7 @@ class FastLinearMLP(nn.Module, DeltaModule):
         keys = self.key_map(x, h)
         if self.recorded is not None:
             self.recorded.append(keys.detach())
-        return y + (keys @ self.fast_weight.T).to(y.dtype)
+        return y + (keys @ only_columns(self.fast_weight, self.column_mask).T).to(y.dtype)
 
 
 class TTTLinear(Routed, Strategy):

@@ -152,6 +152,12 @@ def test_tfidf_keys_a_documents_change_reads_exactly_its_gated_neurons(llama_dir
     # So the change reads those neurons' activations and nothing else: W·h = W[:, picked] · h[picked].
     h = torch.randn(5, change.shape[1])
     assert torch.allclose(h @ change.T, h[:, expected] @ change[:, expected].T)
+    # A second document (its W learned from zero, route_top 1) writes its own neurons' columns alone.
+    other = "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 and has seven stone arches."
+    picked = key_neurons(strategy, other)[0]
+    strategy.learn(Document(name="v", text=other))
+    assert torch.equal((strategy.changes[1][0] != 0).any(0).nonzero().flatten(), picked)
+    strategy.forget([{}, {}], 1)
     # Saved as its columns alone, and loaded back to the same W.
     state = strategy.state_dict()
     assert state["fast_weight_change.0.0"].shape == (change.shape[0], 8) and state["fast_weight_columns.0.0"].tolist() == expected.tolist()
