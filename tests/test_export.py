@@ -267,9 +267,9 @@ def test_jitrl_full_writes_its_store(tmp_path, llama_dir):
 # ---- refusals and OUT ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "fmt", "reason"), [({"top_k": "8"}, "merged", "-o top_k=0"), ({"top_k": "8"}, "peft", "-o top_k=0"), ({}, "peft", "only --format merged")])
+@pytest.mark.parametrize(("options", "fmt", "reason"), [({"keys": "mlp", "top_k": "8"}, "merged", "-o top_k=0"), ({"keys": "mlp", "top_k": "8"}, "peft", "-o top_k=0"), ({}, "peft", "only --format merged")])
 def test_ttt_linear_refuses_with_the_reason(tmp_path, llama_dir, capfd, options, fmt, reason):
-    """Sparse keys fold nowhere; whole-MLP keys (the default) fold into down_proj, merged only."""
+    """Sparse keys fold nowhere; whole-MLP keys (keys=mlp top_k=0, and the default keys=tfidf) fold into down_proj, merged only."""
     with new_session(tmp_path / "session", llama_dir, strategy="ttt-linear", **options) as s:
         s.save()
     code, out, err = run(capfd, "export", tmp_path / "out", "-s", tmp_path / "session", "--format", fmt, "--device", "cpu")

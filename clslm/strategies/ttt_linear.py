@@ -9,7 +9,7 @@ a self-supervised loss on the tokens it reads):
 k(x) are the keys (sparse_keys.py): the hidden state itself (`keys=hidden`, which stores no facts: every
 token's key shares one large direction), the MLP's own intermediate activations kept to their top-k per
 token (`keys=mlp`: W acts as extra `down_proj` columns), the same with each document's change restricted to
-the columns of the neurons TF-IDF gating picks for it (`keys=tfidf`, tfidf_keys.py), or a sparse random lift
+the columns of the neurons TF-IDF gating picks for it (`keys=tfidf`, the default; tfidf_keys.py), or a sparse random lift
 of the centred hidden state with top-k (`keys=sdm`). The inner loop is AdamW on the masked-token loss
 (`inner=adamw`: a share `mask_ratio` of the reply tokens of the training text (textbook.py) is masked in the
 input and predicted), or the delta rule (`inner=delta`, delta_rule.py): one closed-form gradient step of a
@@ -56,16 +56,16 @@ REPORT_BATCHES = 4  # batches the reported loss before/after is measured on
 class TTTLinearConfig(StrategyConfig):
     """ttt-linear hyperparameters (-o KEY=VALUE)."""
 
-    keys: Literal["hidden", "mlp", "tfidf", "sdm"] = option("mlp", "what W reads: the MLP's input (hidden), its intermediate activations (mlp; tfidf: only the neurons TF-IDF gating picks for the document, so its change is a few down_proj columns), or a sparse random lift of the centred input (sdm)")
-    top_k: int = option(0, "key features kept per token (mlp, sdm; 0 = all: with keys=mlp W is a change to down_proj; keys=tfidf takes all of its neurons)", min=0)
-    neurons_per_token: float = option(0.7, "with keys=tfidf: neurons per layer a document's change reads, per document token (at least 64; 0 = `neurons` exactly)", min=0)
+    keys: Literal["hidden", "mlp", "tfidf", "sdm"] = option("tfidf", "what W reads: the MLP's input (hidden), its intermediate activations (mlp: W is a change to down_proj; tfidf: each document's change writes only the down_proj columns of the neurons TF-IDF gating picks for it), or a sparse random lift of the centred input (sdm)")
+    top_k: int = option(0, "key features kept per token (keys=mlp or sdm; 0 = all: with keys=mlp W is then a change to down_proj; not used by keys=tfidf)", min=0)
+    neurons_per_token: float = option(1.5, "with keys=tfidf: neurons per layer (picked by TF-IDF gating, as ttt's) whose down_proj columns a document's change may write, per document token (at least 64; 0 = `neurons` exactly)", min=0)
     neurons: int = option(0, "with keys=tfidf: at most this many neurons per layer (0 = no cap)", min=0)
     fire_fraction: float = option(0.02, 'with keys=tfidf: a neuron "fires" on a token when in this top share of its layer (TF-IDF gating)', above=0, max=1)
     normalise: bool = option(True, "keys with top_k > 0 are scaled to unit length")
     sdm_dim: int = option(4096, "with keys=sdm: units of the random projection", min=1)
     sdm_fan_in: int = option(16, "with keys=sdm: input coordinates each unit reads", min=1)
     inner: Literal["adamw", "delta"] = option("adamw", "inner loop: AdamW on the masked-token loss, or the delta rule (closed-form steps of a reconstruction loss)")
-    lr: float = option(2e-3, "AdamW learning rate on the fast weights", above=0, max=1)
+    lr: float = option(4e-3, "AdamW learning rate on the fast weights", above=0, max=1)
     delta_lr: float = option(0.5, "with inner=delta: step size of the delta rule", above=0, max=10)
     delta_chunk: int = option(16, "with inner=delta: tokens per delta-rule step (TTT's inner mini-batch; 1: the classic per-token delta rule)", min=1)
     value_scale: float = option(0.3, "with inner=delta: a value's length relative to the residual stream's norm there", above=0)
@@ -73,7 +73,7 @@ class TTTLinearConfig(StrategyConfig):
     layers: float = option(0.125, "fraction of decoder layers (the last ones) with a fast-weight layer", above=0, max=1)
     mask_ratio: float = option(0.0, "share of reply tokens masked in the input and predicted (0: plain next-token loss)", min=0, max=1)
     anchor: float = option(0.0, "λ of the anchor term λ·‖W − W₀‖² (summed over layers)", min=0)
-    vocab: int = option(0, "the training softmax runs over the document's own tokens plus this many common ones (0: the whole vocabulary); the reported loss stays over the whole vocabulary", min=0)
+    vocab: int = option(2048, "the training softmax runs over the document's own tokens plus this many common ones (0: the whole vocabulary); the reported loss stays over the whole vocabulary", min=0)
     max_tokens: int = option(96, "longest document piece in one training example", min=8)
     questions: int = option(3, "cue prompts per sentence")
     batch_size: int = option(8, "training examples per step", min=1)
@@ -116,7 +116,7 @@ class TTTLinear(Routed, Strategy):
     Config = TTTLinearConfig
     prefix = PREFIX
     paper = "2407.04620"
-    summary = "fp32 TTT-Linear fast weights read through the last MLPs' own activations (extra down_proj weights), trained on the document, routed per document"
+    summary = "fp32 TTT-Linear fast weights read through the last MLPs' own activations, each document writing only its TF-IDF-gated neurons' down_proj columns, routed per document"
     test_options = {"epochs": "3", "max_tokens": "32"}
     learns_by_gradient = True
 
