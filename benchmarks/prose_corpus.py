@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder to write the pieces to (replaced)")
     parser.add_argument("--debs", type=Path, default=Path(tempfile.gettempdir()) / "clslm-prose-debs", help="where the .deb files are downloaded and unpacked (kept, reused)")
-    parser.add_argument("--cap-words", type=int, default=250_000, help="at most this many words per source (a seeded sample of its pieces)")
+    parser.add_argument("--cap-words", type=int, default=300_000, help="at most this many words per source (a seeded sample of its pieces)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.debs.mkdir(parents=True, exist_ok=True)
