@@ -37,7 +37,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-WORDS = 220
+from clslm.strategies.doc2lora.corpus import WORDS, paragraph_pieces
+
 MIN_WORDS = 12
 
 PACKAGES = {
@@ -137,19 +138,6 @@ def jargon_pages(file: Path) -> list[list[str]]:
     return [paragraphs[i : i + 20] for i in range(0, len(paragraphs), 20)]
 
 
-def pieces(paragraphs: list[str], words: int = WORDS) -> list[str]:
-    """Consecutive paragraphs joined into pieces of at most `words` words (as clslm.strategies.doc2lora.corpus cuts)."""
-    out, current, count = [], [], 0
-    for paragraph in paragraphs:
-        n = len(paragraph.split())
-        if current and count + n > words:
-            out.append("\n\n".join(current))
-            current, count = [], 0
-        current.append(paragraph)
-        count += n
-    return out + (["\n\n".join(current)] if current else [])
-
-
 def fetch(package: str, debs: Path, root: Path) -> dict:
     if not list(debs.glob(f"{package}_*.deb")):
         subprocess.run(["apt-get", "download", package], cwd=debs, check=True, stdout=subprocess.DEVNULL)
@@ -180,7 +168,7 @@ def main() -> None:
         base = root / package
         files = sorted({f for g in globs for f in base.glob(g) if not SKIP_PAGES.search(f.name)})
         pages = jargon_pages(files[0]) if source == "jargon" else html_pages(files)
-        mine = [p for page in pages for p in pieces([q for q in page if prose(q)])]
+        mine = [p for page in pages for p in paragraph_pieces([q for q in page if prose(q)])]
         rng.shuffle(mine)
         kept, words = [], 0
         for piece in mine:

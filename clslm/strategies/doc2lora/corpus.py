@@ -52,9 +52,14 @@ def _load_file(path: Path, name: str) -> list[FactsDoc]:
 
 
 def pieces(text: str, words: int = WORDS) -> list[str]:
-    """Consecutive paragraphs joined into pieces of at most `words` words."""
+    """Consecutive paragraphs of `text` joined into pieces of at most `words` words."""
+    return paragraph_pieces([p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()], words)
+
+
+def paragraph_pieces(paragraphs: list[str], words: int = WORDS) -> list[str]:
+    """Consecutive paragraphs joined into pieces of at most `words` words (a longer paragraph is a piece alone)."""
     out, current, count = [], [], 0
-    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()):
+    for paragraph in paragraphs:
         n = len(paragraph.split())
         if current and count + n > words:
             out.append("\n\n".join(current))
