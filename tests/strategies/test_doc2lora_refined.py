@@ -4,6 +4,7 @@ default, `doc2lora train --data` on plain text, and one document's adapter expor
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -203,8 +204,11 @@ def test_the_export_command_says_what_the_adapter_holds(capfd, llama_dir, hypern
     second.write_text(SECOND)
     code, _, err = cli("learn", doc, second, "-s", session, "--model", llama_dir, "--strategy", "doc2lora", "-o", f"hypernet={hypernet_file}", "-o", "epochs=1", "--device", "cpu")
     assert code == 0, err
-    code, out, err = cli("export", tmp_path / "x", "-s", session, "--format", "peft", "--document", second, "--device", "cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = cli("export", tmp_path / "x", "-s", session, "--format", "peft", "--document", second, "--device", "cpu")
     assert code == 0, err
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     assert f"holds: document {second} (2 of 2): its own LoRA" in out and "only on questions routed to it" in err
     code, out, err = cli("export", tmp_path / "y", "-s", session, "--format", "merged", "--device", "cpu", "--json")
     assert code == 0, err

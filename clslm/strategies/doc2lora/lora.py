@@ -9,6 +9,7 @@ distillation), `install()` copies them into a standard peft adapter (answering, 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -115,7 +116,8 @@ def wrap(model, names: list[str]):
     """A peft model around `model` with an empty (zero) doc2lora adapter on `names`: the base model's outputs."""
     from peft import get_peft_model
 
-    with torch.random.fork_rng(devices=[]):  # peft draws a random A: leave the caller's RNG as it was
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # peft draws a random A: leave the caller's RNG as it was
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)  # peft asks transformers 5 by the old name
         peft_model = get_peft_model(model, _config(names, 1), adapter_name=ADAPTER)
     peft_model.requires_grad_(False)
     return peft_model
