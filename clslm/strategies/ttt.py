@@ -269,16 +269,15 @@ class TTT(Routed, Strategy):
     @contextmanager
     def _only(self, active: set[int]) -> Iterator[None]:
         """Only the copies of the documents in `active` act inside the block."""
-        duals = self.dual_mlps().values()
-        for dual in duals:
-            for j, patch in enumerate(dual.ttt_patches):
-                patch.route = 1.0 if j in active else 0.0
+        patches = [(j, patch) for dual in self.dual_mlps().values() for j, patch in enumerate(dual.ttt_patches)]
+        saved = [patch.route for _, patch in patches]  # restored as they were: blocks may nest
+        for j, patch in patches:
+            patch.route = 1.0 if j in active else 0.0
         try:
             yield
         finally:
-            for dual in duals:
-                for patch in dual.ttt_patches:
-                    patch.route = 1.0
+            for (_, patch), route in zip(patches, saved):
+                patch.route = route
 
     # ---- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -170,6 +170,19 @@ def test_each_document_wakes_for_its_own_questions(llama_dir):
     assert not torch.equal(first, second)
 
 
+def test_routing_blocks_nest(llama_dir):
+    # answer() routes on its own; called inside another routed block it must leave that block's routing as it was.
+    strategy = make(llama_dir, route_threshold=0.2)
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    strategy.learn(Document("velmar", OTHER))
+    ids = torch.tensor([[1, 5, 9, 14]])
+    with strategy.routed("When did the Velmar Bridge open?"):
+        before = strategy.model(input_ids=ids).logits
+        with strategy.routed("Which engineer built the Kessenbrock Light?"):
+            pass
+        assert torch.equal(strategy.model(input_ids=ids).logits, before)
+
+
 def test_with_routing_a_document_learns_as_if_alone(llama_dir):
     # It will answer alone (route_top 1), so the copies learned before it must not shape its training.
     after_other = make(llama_dir, neurons=0)
