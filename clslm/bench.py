@@ -170,11 +170,13 @@ def _sequential(strategy, facts, general, settings, options, progress) -> Trial:
     with _fresh_session(strategy, settings, options) as session:
         for i, doc in enumerate(facts):
             trial.learn_seconds += _learn(session, doc, f"{strategy}: learning {doc.id} ({i + 1}/{len(facts)})", progress)
-            if i == 0:
+            if i == 0 and len(facts) > 1:
                 trial.first_right_after, _ = _ask_all(session, list(doc.qa), settings.max_new_tokens, f"{strategy}: {doc.id} right after", progress)
         pairs = [qa for doc in facts for qa in doc.qa]
         trial.learned, trial.ask_seconds = _ask_all(session, pairs, settings.max_new_tokens, f"{strategy}: answering", progress)
         trial.first_after_all = trial.learned[: len(facts[0].qa)]
+        if len(facts) == 1:  # nothing was learned after it: its answers right after are these (answers are deterministic)
+            trial.first_right_after = trial.first_after_all
         _general_after(session, general, settings, f"{strategy}: general after", progress, trial)
         trial.state_bytes = [session.state_bytes()]
     return trial

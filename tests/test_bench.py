@@ -237,6 +237,18 @@ def test_run_bench_both_modes(model_dir, facts_file, general_file, mode):
     assert phases[-1][1] == phases[-1][2]  # the last bar ends full
 
 
+def test_a_single_document_is_answered_once(model_dir, facts_file, general_file):
+    # Sequential with one document: its answers right after learning are the final ones, not asked twice.
+    phases = []
+    result = run_bench(
+        "ttt", load_facts(facts_file)[:1], load_general(general_file), tiny_settings(model_dir, "sequential"), TTT_FAST,
+        progress=lambda phase, done, total: phases.append(phase),
+    )  # fmt: skip
+    assert not [p for p in phases if "right after" in p] and "ttt: answering" in phases
+    retention = asdict(result)["retention"]
+    assert retention["first_doc_right_after"] == retention["first_doc_after_all"] is not None
+
+
 def test_cli_bench_json_and_out(llama_dir, facts_file, general_file, tmp_path, capfd):
     out_dir = tmp_path / "results"
     code, out, err = run(capfd, "bench", facts_file, "--general", general_file, *tiny_args(llama_dir), *TTT_FAST_CLI, "--out", out_dir, "--json")
