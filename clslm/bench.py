@@ -165,18 +165,21 @@ def _fresh_session(strategy: str, settings: BenchSettings, options: dict[str, st
 
 
 def _sequential(strategy, facts, general, settings, options, progress) -> Trial:
-    """One session learns every document in order, then answers every question (the real use)."""
+    """One session learns every document in order, then answers every question (the real use): the first
+    document's one at a time right after it is learned, all of them at the end in batches where the strategy
+    answers a group alike (strategy_answers: the same answers as one at a time)."""
     trial = Trial()
     with _fresh_session(strategy, settings, options) as session:
         for i, doc in enumerate(facts):
             trial.learn_seconds += _learn(session, doc, f"{strategy}: learning {doc.id} ({i + 1}/{len(facts)})", progress)
-            if i == 0 and len(facts) > 1:
-                trial.first_right_after, _ = _ask_all(session, list(doc.qa), settings.max_new_tokens, f"{strategy}: {doc.id} right after", progress)
-        pairs = [qa for doc in facts for qa in doc.qa]
-        trial.learned, trial.ask_seconds = _ask_all(session, pairs, settings.max_new_tokens, f"{strategy}: answering", progress)
+            if i == 0:  # one at a time, as `clslm ask` answers: these give the seconds per question
+                trial.first_right_after, trial.ask_seconds = _ask_all(session, list(doc.qa), settings.max_new_tokens, f"{strategy}: {doc.id} right after", progress)
+        if len(facts) == 1:  # nothing was learned after it: its answers right after are the final ones
+            trial.learned = list(trial.first_right_after)
+        else:
+            questions = [qa.question for doc in facts for qa in doc.qa]
+            trial.learned = strategy_answers(session.strategy(), questions, settings.max_new_tokens, f"{strategy}: answering", progress)
         trial.first_after_all = trial.learned[: len(facts[0].qa)]
-        if len(facts) == 1:  # nothing was learned after it: its answers right after are these (answers are deterministic)
-            trial.first_right_after = trial.first_after_all
         _general_after(session, general, settings, f"{strategy}: general after", progress, trial)
         trial.state_bytes = [session.state_bytes()]
     return trial
@@ -228,21 +231,28 @@ def _general_after(session, general, settings, phase, progress, trial: Trial) ->
 
 
 def strategy_answers(strategy, questions: list[str], max_new_tokens: int, phase: str = "", progress: Progress = no_progress) -> list[str]:
-    """The strategy's answers to `questions`: those it answers plainly (Strategy.answers_plainly: nothing
-    but the routing acts on them, and it is the same for all of them) in greedy batches under that routing,
-    the others one at a time through answer()."""
+    """The strategy's answers to `questions`: each group of questions it answers alike
+    (Strategy.answer_group: the same routing, nothing in the prompt or logits) in batches under that
+    routing, the others one at a time through answer(). The same answers as answer() for each."""
     from .generation import generate_batch
 
-    plain = [i for i, q in enumerate(questions) if strategy.answers_plainly(q)]
-    rest = sorted(set(range(len(questions))) - set(plain))
+    groups: dict = {}
+    for i, question in enumerate(questions):
+        groups.setdefault(strategy.answer_group(question), []).append(i)
+    alone = groups.pop(None, [])
     texts: list[str] = [""] * len(questions)
+    done = 0
     progress(phase, 0, len(questions))
-    if plain:
-        with strategy.routed(questions[plain[0]]):
-            answers = generate_batch(strategy.model, strategy.tokenizer, [questions[i] for i in plain], max_new_tokens=max_new_tokens, progress=lambda done: progress(phase, done, len(questions)))
-        for i, answer in zip(plain, answers):
+    for members in groups.values():
+        first = questions[members[0]]
+        with strategy.routed(first):
+            answers = generate_batch(strategy.model, strategy.tokenizer, [questions[i] for i in members], max_new_tokens=max_new_tokens,
+                                     beams=strategy.beams(first), progress=lambda n, at=done: progress(phase, at + n, len(questions)))  # fmt: skip
+        for i, answer in zip(members, answers):
             texts[i] = answer.text
-    for done, i in enumerate(rest, start=len(plain) + 1):
+        done += len(members)
+    for i in alone:
         texts[i] = strategy.answer(questions[i], max_new_tokens=max_new_tokens).text
+        done += 1
         progress(phase, done, len(questions))
     return texts

@@ -142,10 +142,11 @@ def generate_batch(
     shared: SharedPrefix | None = None,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    beams: int = 1,
 ) -> list[Answer]:
-    """Greedy answers to many questions, `batch_size` prompts per model.generate, left-padded: the same
-    answers as generate() one at a time (tests/test_batched.py) for a fraction of the time per answer.
-    Greedy only: no logits processors, no beams. Prompts of similar length share a batch (less padding);
+    """Greedy (or `beams`-wide beam search) answers to many questions, `batch_size` prompts per
+    model.generate, left-padded: the same answers as generate() one at a time (tests/test_batched.py) for a
+    fraction of the time per answer. No logits processors. Prompts of similar length share a batch (less padding);
     a batch whose prompts all start with `shared`'s tokens continues from its cache. An answer's `seconds`
     is its batch's time divided among its prompts; `progress(done)` after each batch."""
     contexts = contexts if contexts is not None else [""] * len(questions)
@@ -156,7 +157,7 @@ def generate_batch(
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         began = time.perf_counter()
-        replies = _greedy_rows(model, tokenizer, [ids[i] for i in batch], max_new_tokens, shared)
+        replies = _rows(model, tokenizer, [ids[i] for i in batch], max_new_tokens, shared, beams)
         seconds = round((time.perf_counter() - began) / len(batch), 3)
         for i, reply in zip(batch, replies):
             text = tokenizer.decode(reply, skip_special_tokens=True).strip()
@@ -166,8 +167,9 @@ def generate_batch(
     return answers  # type: ignore[return-value]
 
 
-def _greedy_rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: SharedPrefix | None) -> list[list[int]]:
-    """Each row's new tokens (up to and with its first stop token) from one greedy model.generate.
+def _rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: SharedPrefix | None, beams: int = 1) -> list[list[int]]:
+    """Each row's new tokens (up to and with its first stop token) from one model.generate (beam search keeps
+    `beams` hypotheses per row, each row's own).
 
     Rows are left-padded; with a shared prefix the padding sits between the prefix (cached) and each row's
     own tokens. The attention mask hides the padding and position ids count only real tokens, so each row
@@ -175,7 +177,7 @@ def _greedy_rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, s
     would hide real tokens from it, so models with one do not continue from the shared cache here."""
     import torch
 
-    cached = shared is not None and shared.cache is not None and not sliding_window(model)
+    cached = shared is not None and shared.cache is not None and not sliding_window(model) and beams == 1  # a cache per row, not per beam
     prefix = shared.ids if cached and all(r[: len(shared.ids)] == shared.ids for r in rows) else []  # type: ignore[union-attr]
     tails = [r[len(prefix) :] for r in rows]
     width, pad = max(map(len, tails)), pad_id(model, tokenizer)
@@ -186,7 +188,7 @@ def _greedy_rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, s
             input_ids=input_ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            num_beams=1,
+            num_beams=beams,
             **GREEDY,
             pad_token_id=pad,
             **(shared.batch_cache(len(rows)) if prefix else {}),

@@ -36,6 +36,14 @@ def test_batched_greedy_answers_are_the_answers_one_at_a_time(model_dir, batch_s
     assert (batched[1].prompt, batched[1].prompt_tokens, batched[1].context_tokens) == (alone.prompt, alone.prompt_tokens, 0)
 
 
+@pytest.mark.parametrize("beams", [2, 3])
+def test_batched_beam_search_answers_are_the_answers_one_at_a_time(model_dir, beams):
+    """Beam search per row (each row keeps its own hypotheses) gives each question's answer alone."""
+    model, tokenizer, _ = load(model_dir)
+    batched = generate_batch(model, tokenizer, QUESTIONS, max_new_tokens=12, batch_size=3, beams=beams)
+    assert [a.text for a in batched] == one_at_a_time(model, tokenizer, QUESTIONS, max_new_tokens=12, beams=beams)
+
+
 def test_a_row_that_stops_early_answers_as_alone(llama_dir):
     """A stop token ends one row while the others go on: its answer is cut where generate() stops."""
     model, tokenizer, _ = load(llama_dir)
@@ -77,8 +85,8 @@ MIXED = [
 
 @pytest.mark.parametrize("strategy", ROUTED)
 def test_a_strategy_answers_in_batches_what_it_answers_one_at_a_time(tmp_path, llama_dir, strategy):
-    """The bench batches the questions a learned strategy answers plainly (routed to nothing), under that
-    routing, and answers the others one at a time: every answer is session.ask's."""
+    """The bench batches the questions a learned strategy answers alike (routed to the same documents, with
+    the beams answer() would use, or to nothing), under that routing: every answer is session.ask's."""
     from clslm.session import Session
 
     with Session.create(tmp_path / "s", model=str(llama_dir), strategy=strategy, options=fast_options(strategy), device="cpu") as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -180,6 +180,12 @@ class Strategy(ABC):
         logits processor, one beam) by the model as routed(question) leaves it, and routed() leaves it the
         same for every such question: the bench then answers them in one batch. Default: never claimed."""
         return False
+
+    def answer_group(self, question: str) -> Hashable | None:
+        """Questions of one group are answered alike: a generation of the question alone (no context, no
+        logits processor) at beams(question), under routed(question), which leaves the model the same for all
+        of them; the bench answers a group in batches. None: only answer() answers it. Default: the plain ones."""
+        return ("plain",) if self.answers_plainly(question) else None
 
     @contextmanager
     def routed(self, question: str) -> Iterator[None]:

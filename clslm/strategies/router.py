@@ -243,6 +243,13 @@ class Routed:
         with self.route_to(self.active_documents(question)):
             yield
 
+    def answer_group(self, question: str) -> tuple | None:
+        """Questions routed to the same units (route_to(active) sets the same deltas), nothing in the prompt or logits."""
+        if self.prompt_context(question) or self.logits_processors(question):  # type: ignore[attr-defined]
+            return None
+        active = self.active_documents(question)
+        return ("routed", None if active is None else tuple(active), self.beams(question))  # type: ignore[attr-defined]
+
     def answers_plainly(self, question: str) -> bool:
         """Routed to no unit (route_to([]) is one state: every unit off), with nothing in the prompt or logits."""
         return self.active_documents(question) == [] and not self.prompt_context(question) and not self.logits_processors(question) and self.beams(question) == 1  # type: ignore[attr-defined]
