@@ -119,3 +119,14 @@ def test_a_question_about_something_else_gets_no_bullets_even_when_it_shares_a_w
     assert routed.prompt_context("How tall is the Kessenbrock Light?").startswith("Notes:\n- ")
     assert routed.prompt_context(general) == "" and routed.answers_plainly(general)
     assert unrouted.prompt_context(general).startswith("Notes:\n- Its granite tower")
+
+
+def test_the_bench_batches_ace_answers_with_their_notes_as_answer_gives_them(loaded):
+    """strategy_answers: questions with routed bullets above them and plain ones, batched, are answer()'s answers."""
+    from clslm.bench import strategy_answers
+
+    ace = make_ace(loaded)
+    ace.playbook.apply([{"op": "add", "id": "", "text": t} for t in SENTENCES], "ab" * 32, 0)
+    questions = ["How tall is the Kessenbrock Light?", "How tall is the tallest tower in the world?", "Who built the Kessenbrock Light?"]
+    assert [bool(ace.prompt_context(q)) for q in questions] == [True, False, True]
+    assert strategy_answers(ace, questions, 8) == [ace.answer(q, max_new_tokens=8).text for q in questions]

@@ -159,6 +159,10 @@ class Ace(Strategy):
         """Whether the question names what some bullet is about (router.py's rarity-weighted match)."""
         return bool(self.playbook.bullets) and self.router.matches(question)
 
+    def answer_group(self, question: str) -> tuple:
+        """Every question is answered alike: its routed bullets (or none) above it, greedily (the bench batches them)."""
+        return ("notes",)
+
     def answers_plainly(self, question: str) -> bool:
         """No bullet for the question: it is the base model's greedy answer (the bench batches those)."""
         return not self.prompt_context(question)
