@@ -232,7 +232,7 @@ def _general_after(session, general, settings, phase, progress, trial: Trial) ->
 
 def strategy_answers(strategy, questions: list[str], max_new_tokens: int, phase: str = "", progress: Progress = no_progress) -> list[str]:
     """The strategy's answers to `questions`: each group of questions it answers alike
-    (Strategy.answer_group: the same routing, no logits processor) in batches under that
+    (Strategy.answer_group: the same routing; each question's own context and row-wise logits processors) in batches under that
     routing, the others one at a time through answer(). The same answers as answer() for each."""
     from .generation import generate_batch
 
@@ -247,7 +247,8 @@ def strategy_answers(strategy, questions: list[str], max_new_tokens: int, phase:
         first = questions[members[0]]
         with strategy.routed(first):
             answers = generate_batch(strategy.model, strategy.tokenizer, [questions[i] for i in members], contexts=[strategy.prompt_context(questions[i]) for i in members],
-                                     max_new_tokens=max_new_tokens, beams=strategy.beams(first), progress=lambda n, at=done: progress(phase, at + n, len(questions)))  # fmt: skip
+                                     processors=[strategy.logits_processors(questions[i]) for i in members], max_new_tokens=max_new_tokens,
+                                     beams=strategy.beams(first), progress=lambda n, at=done: progress(phase, at + n, len(questions)))  # fmt: skip
         for i, answer in zip(members, answers):
             texts[i] = answer.text
         done += len(members)

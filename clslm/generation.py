@@ -143,10 +143,12 @@ def generate_batch(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     beams: int = 1,
+    processors: list[list] | None = None,
 ) -> list[Answer]:
     """Greedy (or `beams`-wide beam search) answers to many questions, `batch_size` prompts per
     model.generate, left-padded: the same answers as generate() one at a time (tests/test_batched.py) for a
-    fraction of the time per answer. No logits processors. Prompts of similar length share a batch (less padding);
+    fraction of the time per answer. `processors`: each question's own logits processors, applied to its row
+    only (processors that read nothing but their row's tokens and scores). Prompts of similar length share a batch (less padding);
     a batch whose prompts all start with `shared`'s tokens continues from its cache. An answer's `seconds`
     is its batch's time divided among its prompts; `progress(done)` after each batch."""
     contexts = contexts if contexts is not None else [""] * len(questions)
@@ -157,7 +159,8 @@ def generate_batch(
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         began = time.perf_counter()
-        replies = _rows(model, tokenizer, [ids[i] for i in batch], max_new_tokens, shared, beams)
+        rows = _PerRow([processors[i] for i in batch], beams) if processors and any(processors[i] for i in batch) else None
+        replies = _rows(model, tokenizer, [ids[i] for i in batch], max_new_tokens, shared, beams, rows)
         seconds = round((time.perf_counter() - began) / len(batch), 3)
         for i, reply in zip(batch, replies):
             text = tokenizer.decode(reply, skip_special_tokens=True).strip()
@@ -167,7 +170,7 @@ def generate_batch(
     return answers  # type: ignore[return-value]
 
 
-def _rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: SharedPrefix | None, beams: int = 1) -> list[list[int]]:
+def _rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: SharedPrefix | None, beams: int = 1, processor=None) -> list[list[int]]:
     """Each row's new tokens (up to and with its first stop token) from one model.generate (beam search keeps
     `beams` hypotheses per row, each row's own).
 
@@ -176,6 +179,7 @@ def _rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: 
     sees what it would see alone. A sliding window counts cache slots, padding included: padding in the middle
     would hide real tokens from it, so models with one do not continue from the shared cache here."""
     import torch
+    from transformers import LogitsProcessorList
 
     cached = shared is not None and shared.cache is not None and not sliding_window(model) and beams == 1  # a cache per row, not per beam
     prefix = shared.ids if cached and all(r[: len(shared.ids)] == shared.ids for r in rows) else []  # type: ignore[union-attr]
@@ -191,10 +195,26 @@ def _rows(model, tokenizer, rows: list[list[int]], max_new_tokens: int, shared: 
             num_beams=beams,
             **GREEDY,
             pad_token_id=pad,
+            **({"logits_processor": LogitsProcessorList([processor])} if processor is not None else {}),
             **(shared.batch_cache(len(rows)) if prefix else {}),
         )
     stops = stop_tokens(model)
     return [_through_first(row.tolist(), stops) for row in output[:, input_ids.shape[1] :]]
+
+
+class _PerRow:
+    """A logits processor for a batch: each row's own processors on its slice (a row is `beams` hypotheses)."""
+
+    def __init__(self, rows: list[list], beams: int):
+        self.rows, self.beams = rows, beams
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for r, processors in enumerate(self.rows):
+            part = slice(r * self.beams, (r + 1) * self.beams)
+            for processor in processors:
+                scores[part] = processor(input_ids[part], scores[part])
+        return scores
 
 
 def sliding_window(model) -> bool:

@@ -44,6 +44,20 @@ def test_batched_beam_search_answers_are_the_answers_one_at_a_time(model_dir, be
     assert [a.text for a in batched] == one_at_a_time(model, tokenizer, QUESTIONS, max_new_tokens=12, beams=beams)
 
 
+def test_each_rows_own_logits_processor_acts_on_its_row_only(llama_dir):
+    """jitrl-mvp's token bias per question, batched: each answer is the one generate() gives with its own bias."""
+    import torch
+
+    from clslm.strategies.jitrl_mvp import TokenBias
+
+    model, tokenizer, _ = load(llama_dir)
+    biases = [[TokenBias(torch.tensor([7, 11, 13]), 8.0)], [], [TokenBias(torch.tensor([21, 22]), 8.0)], [], []]
+    batched = generate_batch(model, tokenizer, QUESTIONS, max_new_tokens=8, batch_size=5, processors=biases)
+    alone = [generate(model, tokenizer, q, max_new_tokens=8, logits_processors=b).text for q, b in zip(QUESTIONS, biases)]
+    assert [a.text for a in batched] == alone
+    assert alone[0] != generate(model, tokenizer, QUESTIONS[0], max_new_tokens=8).text  # the bias changes that answer
+
+
 def test_a_row_that_stops_early_answers_as_alone(llama_dir):
     """A stop token ends one row while the others go on: its answer is cut where generate() stops."""
     model, tokenizer, _ = load(llama_dir)

@@ -183,8 +183,9 @@ class Strategy(ABC):
 
     def answer_group(self, question: str) -> Hashable | None:
         """Questions of one group are answered alike: a generation of prompt_context(question) and the question
-        (no logits processor) at beams(question), under routed(question), which leaves the model the same for
-        all of them; the bench answers a group in batches. None: only answer() answers it. Default: the plain ones."""
+        with logits_processors(question) (which must read only their own row) at beams(question), under
+        routed(question), which leaves the model the same for all of them; the bench answers a group in
+        batches. None: only answer() answers it. Default: the plain ones."""
         return ("plain",) if self.answers_plainly(question) else None
 
     @contextmanager

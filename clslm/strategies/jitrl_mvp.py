@@ -140,6 +140,10 @@ class JitrlMVP(Strategy):
     def prompt_context(self, question: str) -> str:
         return self._join(self.selected(question))
 
+    def answer_group(self, question: str) -> tuple:
+        """Every question is answered alike: its retrieved chunks above it, its token bias on its own row."""
+        return ("retrieved",)
+
     def answers_plainly(self, question: str) -> bool:
         """No chunk retrieved: no context, no bias (and no injected module: routed() does nothing here)."""
         return not self.selected(question)
