@@ -229,29 +229,35 @@ def training_vocab(examples: list[Example], common: int, size: int) -> torch.Ten
     return torch.tensor(sorted(i for i in ids if i < size))
 
 
-def reply_loss(model, batch: dict[str, torch.Tensor], hard: float = 1.0) -> torch.Tensor:
+def reply_loss(model, batch: dict[str, torch.Tensor], hard: float = 1.0, head_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Loss over the labelled positions, running the LM head only there (the vocabulary projection costs
     as much as several decoder layers; prompt positions need none).
 
     Next-token cross-entropy; with teacher targets in the batch, KL(teacher ‖ student) plus `hard` times
     the cross-entropy. With `vocab` in the batch (training_vocab), the softmax runs over those ids only.
+    With `head_weight` (training.bfloat16_head) the logits and the next-token softmax stay in its dtype and
+    only the per-token losses are averaged in float32: the [positions × vocabulary] logits are the largest
+    tensors of a step, and on a CPU their float32 copy and softmax took about half of it.
     """
     mask = attention_mask_for(model, batch["attention_mask"], model.dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     head, vocab = model.get_output_embeddings(), batch.get("vocab")
-    if vocab is None:
-        logits, target = head(hidden[:, :-1][keep]).float(), targets[keep]
-    else:  # the softmax over `vocab` only (sorted ids holding every target)
-        bias = None if head.bias is None else head.bias[vocab]
-        logits = torch.nn.functional.linear(hidden[:, :-1][keep], head.weight[vocab], bias).float()
-        target = torch.searchsorted(vocab, targets[keep])
+    weight, bias, target = head.weight if head_weight is None else head_weight, head.bias, targets[keep]
+    if vocab is not None:  # the softmax over `vocab` only (sorted ids holding every target)
+        weight, bias, target = weight[vocab], None if bias is None else bias[vocab], torch.searchsorted(vocab, target)
+    rows = hidden[:, :-1][keep]
+    logits = torch.nn.functional.linear(rows.to(weight.dtype), weight, bias)
+    teacher = "teacher_indices" in batch
+    if head_weight is None or teacher:
+        logits = logits.float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    cross_entropy = torch.nn.functional.cross_entropy(logits, target)
-    if "teacher_indices" not in batch:
+    with torch.autocast(logits.device.type, enabled=False):  # autocast would take the softmax in float32 again
+        cross_entropy = torch.nn.functional.cross_entropy(logits, target, reduction="none").float().mean()
+    if not teacher:
         return cross_entropy
     kl = distillation_loss(logits, batch["teacher_indices"], batch["teacher_logprobs"])
     return kl + hard * cross_entropy if hard else kl

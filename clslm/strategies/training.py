@@ -30,8 +30,11 @@ def descend(
     seed: int,
     on_step: StepCallback,
     clock: "PhaseClock | None" = None,
+    decay: bool = False,
 ) -> tuple[int, int]:
     """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns (steps, skipped).
+    With `decay` the learning rate falls linearly from `lr` to 0 over the steps (a constant rate leaves the
+    weights where the last few batches pushed them, so the shuffling seed changes what is learned).
 
     Gradients are clipped to `max_grad_norm`; a non-finite loss is skipped, MAX_BAD_STEPS of them in a
     row abort (TrainingDiverged) so the caller saves nothing.
@@ -42,6 +45,7 @@ def descend(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total, step, bad, skipped = epochs * len(data), 0, 0, 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / total if decay else 1.0)
     try:
         for _ in range(epochs):
             for batch in rng.sample(data, len(data)):
@@ -61,6 +65,7 @@ def descend(
                 with timed("optimizer"):
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
+                    schedule.step()
                 on_step(Step(step, total, loss.item()))
     finally:
         for p in params:
@@ -100,5 +105,18 @@ def mean_loss(data: list[dict], loss_fn: Callable[[dict], torch.Tensor], at_most
 def precision_autocast(precision: str, device: torch.device):
     """bfloat16 autocast for training passes where asked, or (auto) where this device multiplies bfloat16
     natively; the trained weights and the answers stay float32."""
-    enabled = precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bfloat16(precision, device))
+
+
+def uses_bfloat16(precision: str, device: torch.device) -> bool:
+    return precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
+
+
+def bfloat16_head(model, precision: str) -> torch.Tensor | None:
+    """The LM head's weight in bfloat16, cast once for a learn, where training runs in bfloat16 (else None).
+
+    Autocast would cast the whole head (vocabulary × hidden) again at every step; with it `reply_loss` also
+    takes the softmax in bfloat16 (see there)."""
+    if not uses_bfloat16(precision, model.device):
+        return None
+    return model.get_output_embeddings().weight.detach().to(torch.bfloat16)

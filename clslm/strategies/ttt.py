@@ -37,7 +37,7 @@ from .router import Routed, Router, threshold_option, top_option
 from .gating import cached_idf, neuron_activations, select_neurons
 from .context_distillation import answer, teach
 from .textbook import PIECE_PROMPT, Example, batches, build_examples, reply_example, reply_loss, sections, training_vocab
-from .training import PhaseClock, descend, mean_loss, precision_autocast
+from .training import PhaseClock, bfloat16_head, descend, mean_loss, precision_autocast
 from .ttt_state import as_stored, check_patches, from_saved, neuron_axis, to_saved
 
 PREFIX = "ttt_"
@@ -62,6 +62,7 @@ class TTTConfig(StrategyConfig):
     batch_size: int = option(8, "training examples per step", min=1)
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm")
+    lr_decay: bool = option(False, "the learning rate falls linearly to 0 over the training steps (else constant)")
     route_threshold: float = threshold_option("a document's copy acts only on questions whose router match (router.py) reaches this (0: always)")
     route_top: int = top_option(1, 1, "at most this many best-matching documents act at once")
     state_dtype: Literal["int8", "float16", "float32"] = option("float16", "how the copies' deltas are stored (float16 halves the state; int8, with a scale per neuron, quarters it)")
@@ -160,6 +161,7 @@ class TTT(Routed, Strategy):
             texts = [build_examples(Document(document.name, part), self.tokenizer, fmt=c.format, max_tokens=c.max_tokens, questions_per_sentence=c.questions) for part in parts]
         total = sum(math.ceil(len(examples) / c.batch_size) for examples in texts) * c.epochs
         steps, skipped, before, after, neurons = 0, 0, [], [], 0
+        head = bfloat16_head(self.model, c.precision)
         for part, examples in zip(parts, texts):  # one part at a time: memory stays that of one part
             data, patches = self._prepare(Document(document.name, part), examples, clock)
             neurons += sum(p.index.numel() for p in patches)
@@ -167,12 +169,12 @@ class TTT(Routed, Strategy):
             # With routing, a part's copy answers alone, so it is trained with the others switched off.
             alone = {self.documents_learned - 1} if c.route_threshold > 0 else set(range(self.documents_learned))
             with self._only(alone):
-                loss_fn, report = partial(self._loss, start=self.layer_ids[0]), partial(self._loss, start=self.layer_ids[0], full=True)
+                loss_fn, report = (partial(self._loss, start=self.layer_ids[0], head=head, full=full) for full in (False, True))
                 with clock("loss before/after"):
                     before.append(mean_loss(data, report, at_most=REPORT_BATCHES))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
-                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
+                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock, decay=c.lr_decay,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
                 with clock("loss before/after"):
@@ -240,14 +242,14 @@ class TTT(Routed, Strategy):
                 for part, p in patch.named_parameters():
                     p.copy_(as_stored(p, self.config.state_dtype, neuron_axis(part)))
 
-    def _loss(self, batch: dict, start: int, full: bool = False) -> torch.Tensor:
+    def _loss(self, batch: dict, start: int, head: torch.Tensor | None = None, full: bool = False) -> torch.Tensor:
         """The training loss of a batch (`full`: over the whole vocabulary, as the reported loss is)."""
         batch = {k: v for k, v in batch.items() if k != "vocab"} if full else batch
         with self._precision():
             if batch["hidden"] is None:
-                return reply_loss(self.model, batch, self.config.hard)
+                return reply_loss(self.model, batch, self.config.hard, head)
             with replay_prefix(self.model, start, batch["hidden"]):
-                return reply_loss(self.model, batch, self.config.hard)
+                return reply_loss(self.model, batch, self.config.hard, head)
 
     def _precision(self):
         return precision_autocast(self.config.precision, self.model.device)

@@ -14,7 +14,7 @@ from clslm.generation import chat_prompt
 from clslm import paths
 from clslm.strategies.context_distillation import answer, distillation_loss, teach, teacher_message
 from clslm.strategies.textbook import batches, build_examples, content_words, cues, reply_loss, resolve_pronoun, sections, subject, training_vocab, turns
-from clslm.strategies.training import PhaseClock
+from clslm.strategies.training import PhaseClock, bfloat16_head
 from clslm.strategies.ttt import TTT, TTTConfig
 
 from conftest import DOCUMENT
@@ -90,6 +90,31 @@ def test_the_training_softmax_over_a_vocabulary_is_the_full_one_restricted_to_it
         assert torch.allclose(reply_loss(model, {**batch, "vocab": vocab}), expected, atol=1e-5)
         assert torch.allclose(reply_loss(model, {**batch, "vocab": torch.arange(size)}), reply_loss(model, batch), atol=1e-5)
         assert reply_loss(model, {**batch, "vocab": vocab}) < reply_loss(model, batch)  # fewer competitors
+
+
+def test_a_bfloat16_head_gives_the_float32_loss_and_gradient_to_bfloat16_precision(llama_dir):
+    """bfloat16_head: the head cast once and the softmax in bfloat16 (outside autocast, which would take it in
+    float32 again) — the loss and the gradient reaching the hidden states are those of the float32 head."""
+    model, tokenizer, _ = load(llama_dir)
+    examples = build_examples(Document("d", DOCUMENT), tokenizer, max_tokens=32, questions_per_sentence=2)
+    batch = batches(examples[:4], 4, tokenizer.pad_token_id)[0]
+    assert bfloat16_head(model, "float32") is None
+    head = bfloat16_head(model, "bfloat16")
+    assert head.dtype == torch.bfloat16 and torch.equal(head, model.get_output_embeddings().weight.to(torch.bfloat16))
+    grads = []
+    for weight in (None, head):
+        model.zero_grad()
+        embeddings = model.get_input_embeddings().weight
+        embeddings.requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = reply_loss(model, batch, head_weight=weight)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        grads.append((loss.detach(), embeddings.grad.clone()))
+        embeddings.requires_grad_(False)
+    (loss32, grad32), (loss16, grad16) = grads
+    assert torch.allclose(loss16, loss32, rtol=1e-2)
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.99
 
 
 def test_gating_masks_exactly_the_unselected_neurons(llama_dir):
