@@ -30,11 +30,8 @@ def descend(
     seed: int,
     on_step: StepCallback,
     clock: "PhaseClock | None" = None,
-    decay: bool = False,
 ) -> tuple[int, int]:
     """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns (steps, skipped).
-    With `decay` the learning rate falls linearly from `lr` to 0 over the steps (a constant rate leaves the
-    weights where the last few batches pushed them, so the shuffling seed changes what is learned).
 
     Gradients are clipped to `max_grad_norm`; a non-finite loss is skipped, MAX_BAD_STEPS of them in a
     row abort (TrainingDiverged) so the caller saves nothing.
@@ -45,7 +42,6 @@ def descend(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total, step, bad, skipped = epochs * len(data), 0, 0, 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / total if decay else 1.0)
     try:
         for _ in range(epochs):
             for batch in rng.sample(data, len(data)):
@@ -65,7 +61,6 @@ def descend(
                 with timed("optimizer"):
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
-                    schedule.step()
                 on_step(Step(step, total, loss.item()))
     finally:
         for p in params:

@@ -62,7 +62,6 @@ class TTTConfig(StrategyConfig):
     batch_size: int = option(8, "training examples per step", min=1)
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm")
-    lr_decay: bool = option(False, "the learning rate falls linearly to 0 over the training steps (else constant)")
     route_threshold: float = threshold_option("a document's copy acts only on questions whose router match (router.py) reaches this (0: always)")
     route_top: int = top_option(1, 1, "at most this many best-matching documents act at once")
     state_dtype: Literal["int8", "float16", "float32"] = option("float16", "how the copies' deltas are stored (float16 halves the state; int8, with a scale per neuron, quarters it)")
@@ -174,7 +173,7 @@ class TTT(Routed, Strategy):
                     before.append(mean_loss(data, report, at_most=REPORT_BATCHES))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
-                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock, decay=c.lr_decay,
+                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
                 with clock("loss before/after"):
