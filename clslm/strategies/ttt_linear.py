@@ -22,6 +22,7 @@ W can be rebuilt).
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from .router import Routed, Router, threshold_option, top_option
 from .sparse_keys import HiddenKeys, Keys, MlpKeys, SdmKeys, mean_inputs, mlp_parts
 from .tfidf_keys import column_state, from_column_state, key_neurons, only_columns, placeholder_columns, restricted
 from .textbook import batches, build_examples, reply_loss, training_vocab
-from .training import descend, mean_loss, precision_autocast
+from .training import bfloat16_head, descend, mean_loss, precision_autocast
 
 PREFIX = "fast_weight"
 CHANGE = "fast_weight_change."  # + document.layer: one document's change to W at one layer (saved)
@@ -169,7 +170,8 @@ class TTTLinear(Routed, Strategy):
         mask_id = mask_token_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
         fixed = torch.Generator().manual_seed(c.seed + 1)  # the same masks before and after: comparable losses
         probe = [{k: v for k, v in mask_replies(b, c.mask_ratio, mask_id, fixed).items() if k != "vocab"} for b in data[:: max(1, len(data) // REPORT_BATCHES)]]
-        loss_before = mean_loss(probe, self._objective)
+        objective = partial(self._objective, head=bfloat16_head(self.model, c.precision))
+        loss_before = mean_loss(probe, objective)
         columns = key_neurons(self, document.text) if c.keys == "tfidf" else None
         with restricted(self.fast_layers(), columns):
             if c.inner == "delta":
@@ -177,11 +179,11 @@ class TTTLinear(Routed, Strategy):
             else:
                 steps, skipped = descend(
                     self.name, [m.fast_weight for m in self.fast_layers()], data,
-                    lambda b: self._objective(mask_replies(b, c.mask_ratio, mask_id, generator)),
+                    lambda b: objective(mask_replies(b, c.mask_ratio, mask_id, generator)),
                     epochs=c.epochs, lr=c.lr, weight_decay=0.0, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=on_step,
                 )  # fmt: skip
         self._keep_change(columns)
-        loss_after = mean_loss(probe, self._objective)
+        loss_after = mean_loss(probe, objective)
         moved = sum(float(change.norm()) for change in self.changes[-1]) if self.changes else 0.0
         return LearnReport(
             name=document.name,
@@ -215,15 +217,16 @@ class TTTLinear(Routed, Strategy):
     def _mask(self, batch: dict) -> torch.Tensor:
         return attention_mask_for(self.model, batch["attention_mask"], self.model.dtype)
 
-    def _objective(self, batch: dict) -> torch.Tensor:
-        """Masked-token (or next-token) loss plus the anchor term; a cached frozen prefix is replayed."""
+    def _objective(self, batch: dict, head: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked-token (or next-token) loss plus the anchor term; a cached frozen prefix is replayed.
+        `head`: training.bfloat16_head, the head and softmax in bfloat16."""
         with self._precision():
             hidden = batch.get("hidden")
             if hidden is None:
-                loss = reply_loss(self.model, batch)
+                loss = reply_loss(self.model, batch, head_weight=head)
             else:
                 with replay_prefix(self.model, self.layer_ids[0], hidden):
-                    loss = reply_loss(self.model, batch)
+                    loss = reply_loss(self.model, batch, head_weight=head)
         return loss.float() + self.anchor_penalty()
 
     def _precision(self):

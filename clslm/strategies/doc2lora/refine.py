@@ -28,7 +28,7 @@ from ..base import Step, StepCallback
 from ..context_distillation import teach
 from ..packing import attention_mask_for, pack
 from ..textbook import batches, build_examples, reply_loss
-from ..training import PhaseClock, descend, mean_loss, precision_autocast
+from ..training import PhaseClock, bfloat16_head, descend, mean_loss, precision_autocast
 from .lora import Factors, _truncate, applied, unwrap
 
 REPORT_BATCHES = 4  # batches the reported loss before/after is measured on
@@ -102,9 +102,11 @@ def refine(model, tokenizer, document: Document, start: Factors, r: Refinement, 
             mask = attention_mask_for(base, b["attention_mask"], base.dtype)
             b["hidden"] = hidden_before(base, first, b["input_ids"], mask, b.get("position_ids"))
 
+    head = bfloat16_head(base, r.precision)
+
     def loss_fn(batch: dict) -> torch.Tensor:
         with _precision(base, r.precision), applied(base, trained), replay_prefix(base, first, batch["hidden"]) if batch["hidden"] is not None else nullcontext():
-            return reply_loss(base, batch, r.hard)
+            return reply_loss(base, batch, r.hard, head)
 
     with clock("loss before/after"):
         before = mean_loss(data, loss_fn, at_most=REPORT_BATCHES)
