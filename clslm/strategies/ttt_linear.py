@@ -266,19 +266,26 @@ class TTTLinear(Routed, Strategy):
 
     @contextmanager
     def route_to(self, active: list[int] | None) -> Iterator[None]:
+        """Only the changes of the documents in `active` act inside the block (None: all of W). The block
+        leaves W and the routes as it found them: blocks may nest (an answer() inside another routed block)."""
         on = active is None or bool(active)
         alone = on and active is not None and self.config.route_top > 0 and self.changes is not None
+        layers = self.fast_layers()
+        routes = [m.route for m in layers]
+        weights = [m.fast_weight.detach().clone() for m in layers] if alone else None
         if alone:
             self._set_weights(active)
-        for m in self.fast_layers():
+        for m in layers:
             m.route = on
         try:
             yield
         finally:
-            for m in self.fast_layers():
-                m.route = True
-            if alone:
-                self._sum_changes()
+            for m, route in zip(layers, routes):
+                m.route = route
+            if weights is not None:
+                with torch.no_grad():
+                    for m, w in zip(layers, weights):
+                        m.fast_weight.copy_(w)
 
     # ---- each document's change, forgetting one ---------------------------------------------------
     def _keep_change(self, columns: list[torch.Tensor] | None = None) -> None:

@@ -105,3 +105,17 @@ def test_the_shared_fast_weights_act_on_every_matching_question(llama_dir):
     assert strategy.active_documents("Which engineer built the Kessenbrock Light?") == [0]
     always = make(llama_dir, route_threshold="0")
     assert always.matches("What is the capital of France?")
+
+
+def test_routing_blocks_nest(llama_dir):
+    # answer() routes on its own; called inside another routed block it must leave that block's W and routes as they were.
+    strategy = make(llama_dir, route_threshold="0.2")
+    strategy.learn(Document("kessenbrock", DOCUMENT))
+    strategy.learn(Document("velmar", "The Velmar Bridge crosses the river Oss at Brackley. It opened in 1902 and has seven stone arches."))
+    ids = torch.tensor([[1, 5, 9, 14]])
+    with strategy.routed("When did the Velmar Bridge open?"):
+        assert strategy.active_documents("When did the Velmar Bridge open?") == [1]
+        before = strategy.model(input_ids=ids).logits
+        with strategy.routed("Which engineer built the Kessenbrock Light?"):
+            pass
+        assert torch.equal(strategy.model(input_ids=ids).logits, before)
