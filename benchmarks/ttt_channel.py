@@ -11,27 +11,16 @@ Prints hits of the plain 2-beam answer, of the reranked candidate for each λ, a
 import sys
 
 import torch
+from beam_answers import beams, open_strategy, tally
 
 from clslm.benchdata import load_facts
-from clslm.generation import GREEDY, chat_prompt
-from clslm.scoring import contains_answer
-from clslm.session import Session
+from clslm.generation import chat_prompt
 
 path, ids, width = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 recs = {d.id: d for d in load_facts(sys.argv[4] if len(sys.argv) > 4 else None)}
-st = Session.open(path, device="cpu", dtype="float32").strategy()
+st = open_strategy(path)
 model, tok = st.model, st.tokenizer
 LAMBDAS = (0.0, 0.25, 0.5, 1.0)
-
-
-def candidates(question: str) -> tuple[list[str], list[float]]:
-    """The N beams and their length-normalised log P(c | q) under the patched model."""
-    inputs = tok(chat_prompt(tok, question), return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=40, num_beams=width, num_return_sequences=width, output_scores=True,
-                             return_dict_in_generate=True, **GREEDY, pad_token_id=tok.pad_token_id)
-    texts = [tok.decode(o[inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out.sequences]
-    return texts, out.sequences_scores.tolist()
 
 
 def channel(question: str, texts: list[str]) -> list[float]:
@@ -47,20 +36,11 @@ def channel(question: str, texts: list[str]) -> list[float]:
     return scores
 
 
-hits = {"beams2": 0, "any": 0} | {f"lambda{l}": 0 for l in LAMBDAS}
-for doc_id in ids:
-    for qa in recs[doc_id].qa:
-        q, gold = qa.question, list(qa.answers)
-        row = {"beams2": st.answer(q, max_new_tokens=40).text}
-        with st.routed(q):
-            if st.active_documents(q):
-                texts, forward = candidates(q)
-                back = channel(q, texts)
-                for l in LAMBDAS:
-                    row[f"lambda{l}"] = max(zip(texts, forward, back), key=lambda t: t[2] + l * t[1])[0]
-                row["any"] = " | ".join(texts)
-        for k, v in row.items():
-            hits[k] += contains_answer(v, gold)
-        print(doc_id, q[:55], {k: int(contains_answer(v, gold)) for k, v in row.items()}, flush=True)
-    print(doc_id, hits, flush=True)
-print("TOTAL", hits)
+def reranked(question: str) -> dict[str, str]:
+    texts, forward = beams(st, question, width)
+    back = channel(question, texts)
+    row = {f"lambda{l}": max(zip(texts, forward, back), key=lambda t: t[2] + l * t[1])[0] for l in LAMBDAS}
+    return row | {"any": " | ".join(texts)}
+
+
+tally(st, recs, ids, reranked, keys=("beams2", "any", *(f"lambda{l}" for l in LAMBDAS)))
