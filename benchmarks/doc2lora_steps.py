@@ -20,7 +20,8 @@ from clslm.documents import Document
 from clslm.models import load_model, resolve_model
 from clslm.paths import clslm_home
 from clslm.scoring import contains_answer
-from clslm.strategies.base import StrategyContext, parse_options
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.config import parse_options
 from clslm.strategies.doc2lora import Doc2LoRA, Doc2LoRAConfig
 
 

@@ -17,7 +17,8 @@ import torch
 from clslm.benchdata import load_facts
 from clslm.documents import Document
 from clslm.models import load_model, resolve_model
-from clslm.strategies.base import StrategyContext, parse_options
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.config import parse_options
 from clslm.strategies.ttt import TTT, TTTConfig
 
 

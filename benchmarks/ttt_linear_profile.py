@@ -20,7 +20,8 @@ from clslm.benchdata import load_facts
 from clslm.documents import Document
 from clslm.models import load_model, resolve_model
 from clslm.paths import clslm_home
-from clslm.strategies.base import StrategyContext, parse_options
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.config import parse_options
 from clslm.strategies import ttt_linear as tl
 
 torch.set_num_threads(1)

@@ -19,7 +19,8 @@ from clslm.models import load_model, resolve_model
 from clslm.paths import clslm_home
 from clslm.scoring import contains_answer
 from clslm.registry import get
-from clslm.strategies.base import StrategyContext, parse_options
+from clslm.strategies.base import StrategyContext
+from clslm.strategies.config import parse_options
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def variant(label: str) -> tuple[str, dict[str, str]]:
 
 def check_strategy(name: str, options: dict[str, str]) -> None:
     """Fail before any long work: unknown / unimplemented strategy, bad -o options."""
-    from .strategies.base import parse_options
+    from .strategies.config import parse_options
 
     parse_options(registry.get(name).Config, options)
 

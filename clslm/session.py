@@ -21,7 +21,8 @@ from .manifest import FORMAT_VERSION, checked_config, config_problem, read_commi
 from .state_files import check_finite, load_extra, load_extra_into, load_into, load_tensors, read_blob, write_extra, write_tensors
 from .models import DEFAULT_MODEL, ModelSource, load_model, resolve_model, resolve_recorded
 from .session_documents import find as find_documents
-from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, config_from_dict, noop, parse_options
+from .strategies.base import LearnReport, Strategy, StrategyContext, StepCallback, noop
+from .strategies.config import config_from_dict, parse_options
 
 MANIFEST = "session.json"
 LOCK = ".lock"

@@ -25,7 +25,8 @@ from clslm.generation import generate
 from clslm.likelihood import answer_nll
 from clslm.session import Session
 from clslm.strategies.llm_client import LLMClient
-from clslm.strategies.base import LearnReport, Strategy, StrategyConfig, StrategyContext, config_from_dict, parse_options
+from clslm.strategies.base import LearnReport, Strategy, StrategyContext
+from clslm.strategies.config import StrategyConfig, config_from_dict, parse_options
 
 from conftest import DOCUMENT, fast_options
 from helpers import load

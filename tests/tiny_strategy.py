@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from clslm.documents import Document, split_sentences
-from clslm.strategies.base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
+from clslm.strategies.base import LearnReport, Step, StepCallback, Strategy, noop, timed_report
+from clslm.strategies.config import StrategyConfig, option
 
 
 @dataclass

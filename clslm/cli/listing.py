@@ -33,7 +33,7 @@ def read_row(name: str) -> dict[str, Any]:
         cls = registry.get(name)
     except ClslmError:
         return {"name": name, "available": False, "summary": "not implemented yet", "options": {}}
-    from ..strategies.base import option_help
+    from ..strategies.config import option_help
 
     options = {f.name: f.default for f in dataclasses.fields(cls.Config)}
     presets = getattr(cls.Config, "PRESETS", {})

@@ -22,7 +22,8 @@ from ..errors import InputError
 from ..generation import chat_prompt
 from ..state_files import need
 from .anatomy import decoder_layers
-from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
+from .base import LearnReport, Step, StepCallback, Strategy, noop, timed_report
+from .config import StrategyConfig, option
 from .forgetting import cannot, drop_front, reported_rows, share
 from .gating import general_corpus
 

@@ -20,7 +20,8 @@ from ..documents import Document, split_chunks
 from ..errors import InputError
 from ..generation import count_tokens, user_message
 from ..state_files import need
-from .base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option, timed_report
+from .base import LearnReport, Step, StepCallback, Strategy, noop, timed_report
+from .config import StrategyConfig, option
 from .forgetting import reported_counts, share
 from .router import DocumentKeys, Router, threshold_option
 from .tfidf import TfidfIndex

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..documents import split_sentences
 from ..state_files import is_int, is_number, need
-from .base import option
+from .config import option
 from .stop_words import ENGLISH_STOP_WORDS
 
 # Zipf frequency is log10 of occurrences per billion words: about 7.7 for "the", 0 for a word never seen.

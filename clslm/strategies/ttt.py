@@ -29,7 +29,8 @@ from torch import nn
 from ..documents import Document
 from ..generation import sliding_window
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import Adapter, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
+from .base import Adapter, LearnReport, Merged, Step, StepCallback, Strategy, noop
+from .config import StrategyConfig, option
 from .forgetting import reported_counts, share
 from .neuron_patch import DualMLP, NeuronPatch
 from .packing import attention_mask_for, pack

@@ -36,7 +36,8 @@ from ..errors import InputError
 from ..generation import sliding_window
 from ..state_files import is_int
 from .anatomy import decoder_layers, gated_mlp, hidden_before, last_layers, replay_prefix
-from .base import DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, StrategyConfig, noop, option
+from .base import DeltaModule, LearnReport, Merged, Step, StepCallback, Strategy, noop
+from .config import StrategyConfig, option
 from .delta_rule import delta_step, keys_and_values, safe_lr
 from .forgetting import cannot
 from .masking import mask_replies, mask_token_id

@@ -16,7 +16,7 @@ from clslm.models import load_model, resolve_model
 from clslm.session import Session
 from clslm.strategies import llm_client
 from clslm.strategies.ace import Ace, InvalidReply, Playbook, as_data, delta_schema, parse_delta, parse_lessons
-from clslm.strategies.base import parse_options
+from clslm.strategies.config import parse_options
 from clslm.strategies.llm_client import BackendFailed, LLMClient, OllamaClient
 
 from conftest import DOCUMENT

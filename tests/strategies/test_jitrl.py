@@ -9,7 +9,7 @@ from clslm.documents import Document
 from clslm.errors import InputError, SessionCorrupt
 from clslm.generation import count_tokens, generate, user_message
 from clslm.session import Session
-from clslm.strategies.base import parse_options
+from clslm.strategies.config import parse_options
 from clslm.strategies.jitrl_full import JitrlFull, StoreReward
 from clslm.strategies.jitrl_mvp import MAX_BIAS, JitrlMVP, TokenBias, stop_ids
 

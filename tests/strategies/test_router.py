@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from clslm.errors import InputError
-from clslm.strategies.base import StrategyConfig, parse_options
+from clslm.strategies.config import StrategyConfig, parse_options
 from clslm.strategies.router import THRESHOLD, DocumentKeys, Router, scores, threshold_option, top_option
 
 from conftest import DOCUMENT

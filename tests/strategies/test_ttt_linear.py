@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clslm.documents import Document
-from clslm.strategies.base import parse_options
+from clslm.strategies.config import parse_options
 from clslm.strategies.textbook import batches, build_examples
 from clslm.strategies.ttt_linear import TTTLinear, mask_replies
 

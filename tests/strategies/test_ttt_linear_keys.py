@@ -8,7 +8,7 @@ import torch
 from clslm.documents import Document
 from clslm.generation import generate
 from clslm.session import Session
-from clslm.strategies.base import parse_options
+from clslm.strategies.config import parse_options
 from clslm.strategies.delta_rule import delta_step, keys_and_values, reconstruction_loss, safe_lr
 from clslm.strategies.gating import calibrate_idf, neuron_activations, select_neurons
 from clslm.strategies.sparse_keys import MlpKeys, SdmKeys, top_k_sparse

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..base import StrategyConfig, option
+from ..config import StrategyConfig, option
 
 # Above router.THRESHOLD (0.26, calibrated with general questions 1-100). Chosen on the tuning documents
 # dev-01..06 with general questions 101-200 (the ones the held-out compare does not ask): one general question

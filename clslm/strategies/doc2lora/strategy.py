@@ -33,7 +33,8 @@ from ...errors import InputError, StateMismatch
 from ...models import file_sha256
 from ...state_files import need
 from ..anatomy import last_layers
-from ..base import LearnReport, Step, StepCallback, Strategy, StrategyConfig, noop, option
+from ..base import LearnReport, Step, StepCallback, Strategy, noop
+from ..config import StrategyConfig, option
 from ..forgetting import cannot
 from ..router import Routed, Router, threshold_option, top_option
 from . import lora
