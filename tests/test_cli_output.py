@@ -45,6 +45,13 @@ def test_help_shows_no_type_after_flags(capfd):
         assert code == 0 and "--json" in out and "<bool>" not in out
 
 
+
+def test_help_keeps_the_bracketed_variant_example(capfd, monkeypatch):
+    """Rich markup would swallow `[neurons=0,questions=0]` as a style tag unless it is escaped."""
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, _ = run(capfd, "compare", "--help")
+    assert code == 0 and "ttt[neurons=0,questions=0]" in out
+
 # ---- the progress reporter in a pipe ------------------------------------------------------------------
 
 

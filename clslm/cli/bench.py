@@ -76,7 +76,7 @@ def bench(
 def compare(
     facts: FactsArg = None,
     *,
-    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names, e.g. ttt,jitrl-mvp,ace; a variant with its own options: ttt[neurons=0,questions=0].", show_default=False)],
+    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategy names, e.g. ttt,jitrl-mvp,ace; a variant with its own options: ttt\\[neurons=0,questions=0].", show_default=False)],
     general: GeneralOpt = None,
     model: ModelOpt = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", metavar="[STRATEGY.]KEY=VALUE", help="Strategy hyperparameter, for every strategy or one (ttt.epochs=5); repeatable. `clslm strategies NAME` lists them.")] = None,
