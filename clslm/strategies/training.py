@@ -30,7 +30,6 @@ def descend(
     seed: int,
     on_step: StepCallback,
     clock: "PhaseClock | None" = None,
-    average_last: int = 0,
 ) -> tuple[int, int]:
     """AdamW over `data` for `epochs`, batches shuffled per epoch from `seed`; returns (steps, skipped).
 
@@ -43,9 +42,8 @@ def descend(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total, step, bad, skipped = epochs * len(data), 0, 0, 0
-    mean, averaged = [torch.zeros_like(p) for p in params] if average_last else [], 0
     try:
-        for epoch in range(epochs):
+        for _ in range(epochs):
             for batch in rng.sample(data, len(data)):
                 step += 1
                 with timed("forward"):
@@ -63,16 +61,7 @@ def descend(
                 with timed("optimizer"):
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
-                if average_last and epoch >= epochs - average_last:
-                    averaged += 1
-                    with torch.no_grad():
-                        for m, p in zip(mean, params):
-                            m.add_(p.detach() - m, alpha=1 / averaged)
                 on_step(Step(step, total, loss.item()))
-        if averaged:
-            with torch.no_grad():
-                for m, p in zip(mean, params):
-                    p.copy_(m)
     finally:
         for p in params:
             p.requires_grad_(False)

@@ -51,7 +51,6 @@ class TTTConfig(StrategyConfig):
 
     lr: float = option(2e-3, "AdamW learning rate on the neuron copies", above=0, max=1)
     epochs: int = option(6, "passes over the training text", min=1)
-    average_last: int = option(0, "end with the mean of the copies' values over the last this many epochs' steps (stochastic weight averaging; 0: the last step's)", min=0)
     layers: float = option(0.125, "fraction of decoder layers (the last ones) that get a Dual-MLP", above=0, max=1)
     neurons: int = option(0, "neurons per layer a part may change (TF-IDF gating): at most this many (0 = no cap: all, or neurons_per_token's count)", min=0)
     neurons_per_token: float = option(0.7, "a part may change this many neurons per layer per token it holds (at least 64; 0 = `neurons` exactly)", min=0)
@@ -175,7 +174,7 @@ class TTT(Routed, Strategy):
                     before.append(mean_loss(data, report, at_most=REPORT_BATCHES))
                 n, bad = descend(
                     self.name, [p for patch in patches for p in patch.parameters()], data, loss_fn,
-                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock, average_last=c.average_last,
+                    epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm, seed=c.seed, on_step=progress, clock=clock,
                 )  # fmt: skip
                 self._round_to_state_dtype(patches)
                 with clock("loss before/after"):
